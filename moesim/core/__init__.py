@@ -1,0 +1,1 @@
+"""Units, errors and seeded random streams; imports nothing else from moesim."""

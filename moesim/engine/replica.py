@@ -1,0 +1,275 @@
+"""One serving replica: continuous batching with chunked prefill, paged KV, recompute preemption.
+
+The replica is a SimPy process with one event per forward pass, except that a run of decode
+passes whose batch cannot change (no prefill, no admission, no finish, KV suffices) is advanced
+in one event. Its records are identical to stepping the passes one by one (see
+tests/engine/test_fast_forward.py): pass times come from the same vectorised arithmetic, routing
+samples are indexed by pass number, and a request routed here mid-run wakes the replica, which
+then stops after the pass in flight — exactly where a stepped replica would next schedule.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from moesim.engine.pass_time import GroupBatch
+
+if TYPE_CHECKING:
+    import simpy
+
+    from moesim.config.schema import SchedulerCfg
+    from moesim.engine.pass_time import PassCostModel
+    from moesim.engine.sampler import PassSampler
+    from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
+    from moesim.workload.types import RequestSet
+
+__all__ = ["Replica"]
+
+MAX_RUN_PASSES = 1024
+"""Longest fast-forwarded run; longer runs are chained (same result, bounded array sizes)."""
+
+
+class Seq:
+    """A request's state inside a replica."""
+
+    __slots__ = ("rid", "group", "prompt_total", "prefilled", "ctx", "output", "blocks")
+
+    def __init__(self, rid: int, prompt: int, output: int) -> None:
+        self.rid = rid
+        self.group = -1
+        self.prompt_total = prompt     # tokens to prefill (prompt + generated after a preemption)
+        self.prefilled = 0
+        self.ctx = 0                   # tokens in the KV cache
+        self.output = output
+        self.blocks = 0
+
+
+@dataclass
+class Plan:
+    """The batch of one pass."""
+
+    decode: list[Seq] = field(default_factory=list)
+    prefill: list[tuple[Seq, int]] = field(default_factory=list)
+    preempted: bool = False
+    skipped: bool = False
+
+
+class Replica:
+    """Scheduler and process of replica ``index`` (``dp_groups`` attention-DP groups, each with
+    its own KV pool of ``kv_blocks_per_group`` blocks)."""
+
+    def __init__(self, *, index: int, env: simpy.Environment, cfg: SchedulerCfg, pcm: PassCostModel,
+                 sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
+                 queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
+                 fast_forward: bool, horizon_s: float | None) -> None:
+        self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler
+        self.req, self.log, self.passes, self.queue = requests, log, passes, queue
+        self.dp = dp_groups
+        self.block = cfg.kv_block_tokens
+        self.capacity = kv_blocks_per_group
+        self.free = [kv_blocks_per_group] * dp_groups
+        self.max_context = max_context
+        self.fast_forward = fast_forward
+        self.horizon = horizon_s
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.outstanding = 0
+        self.events = 0
+        self.wake: simpy.Event | None = None
+        self.process = env.process(self.serve())
+
+    # ------------------------------------------------------------------ arrivals
+    def submit(self, rid: int) -> None:
+        """Accept request ``rid`` (routed here); reject it if it can never fit in KV."""
+        prompt, output = int(self.req.prompt_tokens[rid]), int(self.req.output_tokens[rid])
+        self.log.replica[rid] = self.index
+        if prompt + output > self.max_context or self._blocks(prompt + output) > self.capacity:
+            self.log.rejected[rid] = True
+            return
+        self.waiting.append(Seq(rid, prompt, output))
+        self.outstanding += 1
+        self.queue.set(self.env.now, self.index, len(self.waiting))
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block)
+
+    # ------------------------------------------------------------------ scheduling
+    def _preempt(self, victim: Seq, plan: Plan) -> None:
+        self.free[victim.group] += victim.blocks
+        victim.blocks = 0
+        victim.prompt_total = int(self.req.prompt_tokens[victim.rid]) + int(self.log.generated[victim.rid])
+        victim.prefilled = victim.ctx = 0
+        self.running.remove(victim)
+        self.waiting.appendleft(victim)
+        self.log.preemptions[victim.rid] += 1
+        plan.preempted = True
+
+    def _reserve(self, s: Seq, tokens_after: int, plan: Plan) -> bool:
+        """Hold KV blocks for ``s`` to reach ``tokens_after`` tokens, preempting the newest running
+        sequence of its group while short; False if ``s`` itself was preempted."""
+        need = self._blocks(tokens_after) - s.blocks
+        while need > self.free[s.group]:
+            victim = next(v for v in reversed(self.running) if v.group == s.group)
+            self._preempt(victim, plan)
+            if victim is s:
+                return False
+        self.free[s.group] -= need
+        s.blocks += need
+        return True
+
+    def schedule(self) -> Plan:
+        """Choose this pass's batch (running sequences first, then FIFO admissions)."""
+        plan = Plan()
+        budget = self.cfg.max_batched_tokens
+        i = 0
+        while i < len(self.running):
+            s = self.running[i]
+            chunk = min(s.prompt_total - s.prefilled, budget) if s.prefilled < s.prompt_total else min(1, budget)
+            if chunk == 0:
+                plan.skipped = True
+                i += 1
+                continue
+            if not self._reserve(s, s.ctx + chunk, plan):
+                continue
+            budget -= chunk
+            if s.prefilled < s.prompt_total:
+                plan.prefill.append((s, chunk))
+            else:
+                plan.decode.append(s)
+            i += 1
+        if not plan.preempted:
+            self._admit(plan, budget)
+        return plan
+
+    def _admit(self, plan: Plan, budget: int) -> None:
+        admitted = False
+        while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            s = self.waiting[0]
+            chunk = s.prompt_total if not self.cfg.chunked_prefill else min(s.prompt_total, budget)
+            if chunk > budget:
+                break
+            counts = [0] * self.dp
+            for r in self.running:
+                counts[r.group] += 1
+            g = min(range(self.dp), key=lambda k: (counts[k], k))
+            need = self._blocks(chunk)
+            if need > self.free[g]:
+                break
+            self.waiting.popleft()
+            s.group = g
+            self.free[g] -= need
+            s.blocks = need
+            self.running.append(s)
+            plan.prefill.append((s, chunk))
+            budget -= chunk
+            admitted = True
+        if admitted:
+            self.queue.set(self.env.now, self.index, len(self.waiting))
+
+    # ------------------------------------------------------------------ passes
+    def _groups(self, plan: Plan) -> list[GroupBatch]:
+        groups = [([], [], []) for _ in range(self.dp)]
+        for s in plan.decode:
+            groups[s.group][0].append(s.ctx)
+        for s, c in plan.prefill:
+            groups[s.group][1].append(c)
+            groups[s.group][2].append(s.ctx)
+        return [GroupBatch(np.array(d, np.int64), np.array(c, np.int64), np.array(p, np.int64))
+                for d, c, p in groups]
+
+    def _run_length(self, plan: Plan) -> int:
+        """Passes the current decode-only batch can run unchanged (≥ 1)."""
+        if (not self.fast_forward or plan.prefill or plan.preempted or plan.skipped
+                or len(plan.decode) != len(self.running)):
+            return 1
+        remaining = min(s.output - int(self.log.generated[s.rid]) for s in plan.decode)
+        k = min(remaining, MAX_RUN_PASSES)
+        for g in range(self.dp):
+            ctx = np.array([s.ctx for s in plan.decode if s.group == g], np.int64)
+            if ctx.size == 0:
+                continue
+            held = sum(s.blocks for s in plan.decode if s.group == g)
+            # blocks held during pass j: sum ceil((ctx + j + 1) / B); pass 0 is already reserved
+            steps = np.arange(k)
+            need = -(-(ctx[None, :] + steps[:, None] + 1) // self.block)
+            over = np.nonzero(need.sum(axis=1) > held + self.free[g])[0]
+            if over.size:
+                k = min(k, int(over[0]))
+        return max(k, 1)
+
+    def serve(self):  # noqa: ANN201 - SimPy process generator
+        """The replica's process: schedule, run passes, commit, repeat."""
+        env = self.env
+        while True:
+            if not self.running and not self.waiting:
+                self.wake = env.event()
+                yield self.wake
+                self.wake = None
+                continue
+            plan = self.schedule()
+            k = self._run_length(plan)
+            groups = self._groups(plan)
+            first = self.passes.passes
+            idx = self.sampler.indices(first, k)
+            durs = self.pcm.pass_times(groups, k, idx)
+            ends = np.cumsum(np.concatenate(([env.now], durs)))[1:]
+            if k > 1 and self.horizon is not None:
+                k = max(1, int(np.searchsorted(ends, self.horizon, side="right")))
+            self.events += 1
+            if k == 1:
+                yield env.timeout(ends[0] - env.now)
+            else:
+                self.wake = env.event()
+                yield env.any_of([env.timeout(ends[k - 1] - env.now), self.wake])
+                self.wake = None
+                if env.now < ends[k - 1]:
+                    k = int(np.searchsorted(ends, env.now, side="left")) + 1
+                    self.events += 1
+                    yield env.timeout(ends[k - 1] - env.now)
+            self._commit(plan, groups, k, durs[:k], ends[:k], idx[:k])
+
+    def _commit(self, plan: Plan, groups: list[GroupBatch], k: int, durs: np.ndarray, ends: np.ndarray,
+                idx: np.ndarray) -> None:
+        n_dec = len(plan.decode)
+        pre_tokens = sum(c for _, c in plan.prefill)
+        tokens = n_dec + pre_tokens
+        kv0 = sum(self.capacity - f for f in self.free)
+        if k == 1:
+            kv = np.array([kv0])
+        else:
+            ctx = np.array([s.ctx for s in plan.decode], np.int64)
+            held = np.array([s.blocks for s in plan.decode], np.int64)
+            steps = np.arange(k)
+            grow = np.maximum(-(-(ctx[None, :] + steps[:, None] + 1) // self.block), held[None, :]) - held[None, :]
+            kv = kv0 + grow.sum(axis=1)
+        self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
+                        prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
+                        kv_blocks=kv, tokens=np.full(k, tokens), sample=idx)
+        now = float(ends[-1])
+        gen = self.log.generated
+        for s in plan.decode:
+            s.ctx += k
+            target = self._blocks(s.ctx)
+            if target > s.blocks:
+                self.free[s.group] -= target - s.blocks
+                s.blocks = target
+            gen[s.rid] += k
+        for s, c in plan.prefill:
+            s.prefilled += c
+            s.ctx += c
+            if s.prefilled == s.prompt_total:
+                gen[s.rid] += 1
+                if np.isnan(self.log.first_token_s[s.rid]):
+                    self.log.first_token_s[s.rid] = now
+        done = [s for s in self.running if s.prefilled == s.prompt_total and gen[s.rid] >= s.output]
+        for s in done:
+            self.running.remove(s)
+            self.free[s.group] += s.blocks
+            self.log.finish_s[s.rid] = now
+            self.outstanding -= 1

@@ -1,0 +1,179 @@
+"""``run(scenario) -> RunResult``: the inference serving simulation. No file I/O."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import simpy
+
+import moesim
+from moesim.config.load import scenario_hash
+from moesim.config.schema import Scenario
+from moesim.core.rng import RngStreams
+from moesim.engine.build import Deployment, build_deployment
+from moesim.engine.pass_time import PassCostModel
+from moesim.engine.replica import Replica
+from moesim.engine.sampler import PassSampler
+from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
+from moesim.metrics.result import RunResult
+from moesim.metrics.summary import batch_histogram, request_kpis, request_table, timeseries_table
+from moesim.policies.router import ROUTERS
+from moesim.workload import RoutingLoadGenerator, build_requests
+
+__all__ = ["run"]
+
+Progress = Callable[[float, float], None]
+"""Called with (simulated seconds done, simulated seconds expected)."""
+
+
+def _pass_models(scenario: Scenario, d: Deployment, streams: RngStreams) -> list[PassCostModel]:
+    """One PassCostModel per replica; replicas on identical network positions share one (and its
+    caches), which is exact because their costs are then identical."""
+    m = d.model
+    routing = None
+    if m.moe is not None:
+        routing = RoutingLoadGenerator(scenario.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
+                                       top_k=m.moe.top_k, rng=streams.get("routing"))
+    models: list[PassCostModel] = []
+    seen: dict[bytes, PassCostModel] = {}
+    topo = d.topology
+    for gpus in d.replica_gpus:
+        ix = np.ix_(gpus, gpus)
+        key = topo.bottleneck_bytes_per_s[ix].tobytes() + topo.latency_s[ix].tobytes()
+        if key not in seen:
+            seen[key] = PassCostModel(shape=d.shape, deployment=scenario.deployment, cost=d.cost,
+                                      collectives=d.collectives, gpus=gpus, routing=routing,
+                                      samples=scenario.routing.samples_per_shape)
+        models.append(seen[key])
+    return models
+
+
+def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
+    """Simulate ``scenario`` and return its records, summary and provenance."""
+    wall0 = time.perf_counter()
+    d = build_deployment(scenario)
+    streams = RngStreams(scenario.seed)
+    req = build_requests(scenario.workload, streams.get("arrivals"))
+    env = simpy.Environment()
+    log, queue = RequestLog(len(req)), LevelLog()
+    pass_logs = [PassLog() for _ in d.replica_gpus]
+    pcms = _pass_models(scenario, d, streams)
+    dep, sched = scenario.deployment, scenario.scheduler
+    kv_blocks = d.budget.kv_capacity_tokens // sched.kv_block_tokens
+    replicas = [
+        Replica(index=i, env=env, cfg=sched, pcm=pcms[i],
+                sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
+                requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
+                kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
+                fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s)
+        for i in range(dep.replicas)
+    ]
+    router = ROUTERS.build(scenario.router.kind)
+    env.process(_arrivals(env, req.arrival_s, replicas, router))
+    _advance(env, scenario.engine.horizon_s, float(req.arrival_s[-1]) if len(req) else 0.0, progress)
+
+    sim_time = scenario.engine.horizon_s if scenario.engine.horizon_s is not None else env.now
+    requests = request_table(req.arrival_s, req.prompt_tokens, req.output_tokens, log,
+                             ttft_slo_s=scenario.slo.ttft_s, tpot_slo_s=scenario.slo.tpot_s)
+    summary = _summary(scenario, d, requests, pass_logs, pcms, replicas, sim_time)
+    expert, rank, imb = _expert_tables(pass_logs, pcms)
+    summary["expert_imbalance_mean"] = (float(np.average(imb["imbalance_mean"], weights=imb["weight"]))
+                                        if d.model.moe is not None and imb["weight"].sum() > 0 else None)
+    provenance = {
+        "moesim_version": moesim.__version__, "seed": scenario.seed, "scenario_hash": scenario_hash(scenario),
+        "calibration_hashes": {}, "cost_model": d.cost.name, "network_model": type(d.collectives).__name__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.perf_counter() - wall0, 3),
+    }
+    config = scenario.model_dump(mode="json")
+    config["resolved"] = {"model": d.model.model_dump(mode="json"), "gpu": d.gpu.model_dump(mode="json"),
+                          "topology": d.topology.name}
+    return RunResult(
+        config=config, provenance=provenance, summary=summary, requests=requests,
+        timeseries=timeseries_table(pass_logs, queue, kv_capacity_blocks=kv_blocks,
+                                    bin_s=scenario.engine.timeseries_bin_s, end_s=max(sim_time, 1e-9)),
+        batch_hist=batch_histogram(pass_logs), expert_load=expert, rank_load=rank,
+        imbalance=imb.drop(columns="weight"))
+
+
+def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, replicas: list[Replica], router: object):  # noqa: ANN202
+    """Process: release each request at its arrival time to the replica the router picks."""
+    for rid, t in enumerate(arrival_s.tolist()):
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        i = router.choose([r.outstanding for r in replicas])  # type: ignore[attr-defined]
+        replicas[i].submit(rid)
+
+
+def _advance(env: simpy.Environment, horizon: float | None, expected: float, progress: Progress | None) -> None:
+    """Run to the horizon (or until nothing is left), reporting progress in sim-time steps."""
+    if progress is None:
+        env.run(until=horizon)
+        return
+    target = horizon if horizon is not None else expected
+    for k in range(1, 101):
+        t = target * k / 100
+        if t > env.now and env.peek() < float("inf"):
+            env.run(until=t)
+        progress(env.now, target)
+    if horizon is None:
+        env.run()
+    progress(env.now, max(env.now, target))
+
+
+def _summary(scenario: Scenario, d: Deployment, requests: pd.DataFrame, pass_logs: list[PassLog],
+             pcms: list[PassCostModel], replicas: list[Replica], sim_time: float) -> dict[str, object]:
+    gpus = scenario.deployment.replicas * scenario.deployment.gpus_per_replica
+    s: dict[str, object] = {
+        "scenario": scenario.name, "model": d.model.name, "gpu": d.gpu.name, "topology": d.topology.name,
+        "gpus": gpus, "replicas": scenario.deployment.replicas, "sim_time_s": float(sim_time),
+    }
+    s.update(request_kpis(requests, sim_time_s=sim_time, gpus=gpus))
+    busy = [float(p.column("duration_s").sum()) / max(sim_time, 1e-12) for p in pass_logs]
+    batch = np.concatenate([p.column("batch_size") for p in pass_logs])
+    kv = np.concatenate([p.column("kv_blocks") for p in pass_logs])
+    cap = d.budget.kv_capacity_tokens // scenario.scheduler.kv_block_tokens * scenario.deployment.attention_dp
+    s.update({
+        "forward_passes": int(sum(p.passes for p in pass_logs)),
+        "des_events": int(sum(r.events for r in replicas) + len(requests)),
+        "busy_fraction_mean": float(np.mean(busy)),
+        "batch_size_mean": float(batch.mean()) if batch.size else None,
+        "kv_occupancy_mean": float(kv.mean() / cap) if kv.size else None,
+        "kv_occupancy_max": float(kv.max() / cap) if kv.size else None,
+        "kv_capacity_tokens": int(d.budget.kv_capacity_tokens),
+        "weight_bytes_per_gpu": float(d.budget.weight_bytes),
+    })
+    return s
+
+
+def _expert_tables(pass_logs: list[PassLog], pcms: list[PassCostModel]) -> tuple[list[np.ndarray], list[np.ndarray], pd.DataFrame]:
+    """Per replica: total expert load ``[L, E]``, rank load ``[L, ep]``, and token-weighted imbalance."""
+    expert, rank, rows = [], [], []
+    for r, (log, pcm) in enumerate(zip(pass_logs, pcms)):
+        tokens = log.column("tokens").astype(np.int64)
+        sample = log.column("sample").astype(np.int64)
+        e_tot = r_tot = None
+        imb_vals, imb_w = [], []
+        for t in np.unique(tokens):
+            pool = pcm.moe_pool(int(t))
+            if pool.counts.shape[1] == 0:
+                continue
+            uses = np.bincount(sample[tokens == t], minlength=pool.counts.shape[0])
+            e = np.tensordot(uses, pool.counts, axes=1)
+            rl = np.tensordot(uses, pool.rank_load, axes=1)
+            e_tot = e if e_tot is None else e_tot + e
+            r_tot = rl if r_tot is None else r_tot + rl
+            imb_vals.append(np.repeat(pool.imbalance, uses))
+            imb_w.append(np.full(int(uses.sum()), float(t)))
+        if e_tot is None:
+            continue
+        v, w = np.concatenate(imb_vals), np.concatenate(imb_w)
+        expert.append(e_tot)
+        rank.append(r_tot)
+        rows.append({"replica": r, "imbalance_mean": float(np.average(v, weights=w)),
+                     "imbalance_p99": float(np.percentile(v, 99)), "weight": float(w.sum())})
+    return expert, rank, pd.DataFrame(rows, columns=["replica", "imbalance_mean", "imbalance_p99", "weight"])

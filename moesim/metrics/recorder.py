@@ -1,0 +1,65 @@
+"""Append-only recorders the engine writes during a run (no analysis here).
+
+``PassLog`` keeps one row per forward pass of one replica, appended in chunks (a fast-forwarded
+run of decode passes appends a chunk of many rows at once), so its content is identical whether
+passes were stepped one by one or advanced together. ``RequestLog`` holds per-request outcome
+arrays indexed by request id. ``LevelLog`` keeps (time, value) change points of a level
+(queue depth) for time-weighted statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LevelLog", "PassLog", "RequestLog"]
+
+PASS_FIELDS = ("start_s", "duration_s", "batch_size", "prefill_tokens", "decode_tokens", "kv_blocks", "tokens",
+               "sample")
+
+
+class PassLog:
+    """Per-pass rows of one replica: start_s, duration_s [s], batch_size [seqs], prefill_tokens,
+    decode_tokens [tokens], kv_blocks [blocks held during the pass], tokens (pool key), sample
+    (routing sample index)."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[str, list[np.ndarray]] = {f: [] for f in PASS_FIELDS}
+        self.passes = 0
+
+    def add(self, **columns: np.ndarray) -> None:
+        """Append a chunk; every column is an array of the same length."""
+        n = len(columns["start_s"])
+        for f in PASS_FIELDS:
+            self._chunks[f].append(np.asarray(columns[f]))
+        self.passes += n
+
+    def column(self, name: str) -> np.ndarray:
+        """All rows of one column, concatenated."""
+        parts = self._chunks[name]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class RequestLog:
+    """Outcome of every request, indexed by request id (NaN = did not happen)."""
+
+    def __init__(self, n: int) -> None:
+        self.replica = np.full(n, -1, np.int64)
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.generated = np.zeros(n, np.int64)
+        self.preemptions = np.zeros(n, np.int64)
+        self.rejected = np.zeros(n, bool)
+
+
+class LevelLog:
+    """Change points (time_s, replica, value) of a piecewise-constant level such as queue depth."""
+
+    def __init__(self) -> None:
+        self.time_s: list[float] = []
+        self.replica: list[int] = []
+        self.value: list[int] = []
+
+    def set(self, time_s: float, replica: int, value: int) -> None:
+        self.time_s.append(time_s)
+        self.replica.append(replica)
+        self.value.append(value)

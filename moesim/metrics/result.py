@@ -1,0 +1,50 @@
+"""RunResult: everything a run produced, with no file I/O.
+
+Tables are pandas DataFrames with one row per entity; their columns are documented in
+``docs/metrics.md``. ``summary`` is a flat, JSON-safe mapping of headline KPIs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RunResult"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one simulation.
+
+    Attributes:
+        config: the resolved scenario (JSON-safe dict; presets expanded).
+        provenance: moesim version, seed, scenario hash, calibration hashes.
+        summary: headline KPIs (flat JSON-safe dict; see docs/metrics.md).
+        requests: one row per request: ``request_id, replica, arrival_s, first_token_s, finish_s,
+            prompt_tokens, output_tokens, generated_tokens, preemptions, ttft_s, tpot_s, e2e_s,
+            finished, slo_met``.
+        timeseries: one row per (time bin, replica): ``t_s, replica, busy_frac, passes,
+            batch_size_mean, prefill_tokens, decode_tokens, kv_occupancy, queue_depth``.
+        batch_hist: one row per (replica, batch_size): ``replica, batch_size, passes``.
+        expert_load: per replica, ``[moe_layers, experts]`` int64 total routed (token, slot) pairs.
+        rank_load: per replica, ``[moe_layers, ep_ranks]`` int64 total (token, slot) pairs per rank.
+        imbalance: one row per replica: ``replica, imbalance_mean, imbalance_p99`` where imbalance is
+            max/mean rank load of a layer in a pass, token-weighted over passes and layers.
+    """
+
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    batch_hist: pd.DataFrame
+    expert_load: list[np.ndarray] = field(default_factory=list)
+    rank_load: list[np.ndarray] = field(default_factory=list)
+    imbalance: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """What ``run.json`` holds: config, provenance and summary."""
+        return {"config": self.config, "provenance": self.provenance, "summary": self.summary}

@@ -1,0 +1,1 @@
+"""Pure decisions (snapshot in, decision out): request routing now; placement, balancing later."""

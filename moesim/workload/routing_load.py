@@ -1,0 +1,261 @@
+"""Expert-routing load generators: how many (token, slot) pairs each expert of each MoE layer gets.
+
+``RoutingLoadGenerator.sample(T)`` returns ``int64[n_layers, n_experts]`` counts for one forward
+pass of ``T`` tokens with top-``k`` routing. Every result satisfies, exactly:
+
+- each row sums to ``T * k`` (every token fills its ``k`` slots);
+- ``0 <= count <= T`` (a token picks ``k`` *distinct* experts, so an expert sees a token once).
+
+Kinds (``RoutingLoadCfg.kind``):
+
+``uniform``
+    Each token picks a uniformly random set of ``k`` distinct experts: inclusion probability
+    ``pi_e = k / E``.
+``zipf``
+    The expert of popularity rank ``i`` (1-based) has weight ``1 / i**s``; a token's slots are
+    spread in proportion to weight, so an expert's *slot share* is ``p_e = w_e / sum(w)`` and its
+    inclusion probability ``pi_e = k * p_e``. Where ``k * p_e > 1`` (impossible without repeats)
+    the expert is capped at ``pi_e = 1`` (every token picks it) and the remaining slots are
+    shared among the others in proportion to weight (water-filling). Without
+    ``shuffle_per_layer`` expert ``i - 1`` has rank ``i`` in every layer; with it each layer has
+    its own random rank order, drawn once at construction.
+``hot_experts``
+    The LLEP authors' deterministic ``"r:h"`` generator (``test_llep.py``), made valid for any
+    ``h`` and ``k``. Let ``n_hot = floor(r*T + 0.5)``, hot group ``0..h-1``, cold group
+    ``h..E-1``. Tokens ``0..n_hot-1`` take ``min(k, h)`` slots from the hot group and the rest
+    (``k - h`` when ``h < k``) from the cold group; the other tokens take ``min(k, E-h)`` slots
+    from the cold group and the rest (only when ``E - h < k``) from the hot group. Within a group
+    slots are dealt round-robin from a cursor that starts at the group's first expert and moves
+    on with every slot dealt, so one token's slots in a group are consecutive and distinct. The
+    authors instead send all ``k`` slots of a hot token to ``hot[j % h]`` (repeating an expert
+    when ``h < k``) and start a cold token's window at its index; totals agree up to rounding
+    when ``h`` divides ``k``. With ``shuffle_per_layer`` the expert ids are permuted per layer
+    (a fixed permutation per layer drawn at construction): logical expert ``j`` is expert
+    ``perm[l, j]``, so the hot experts differ by layer.
+
+Sampling (``uniform`` and ``zipf``). Per-token sampling costs ``O(T * E)`` per layer, too slow for
+every pass. Because tokens are independent, an expert's count under *any* fixed-size design is
+exactly ``Binomial(T, pi_e)``; the joint law is approximated as follows (per layer):
+
+1. draw independent ``b_e ~ Binomial(T, pi_e)``: exactly where ``T * pi_e * (1 - pi_e) < 9``,
+   otherwise by a skew-corrected (Cornish-Fisher) normal ``T*pi + sqrt(T*v)*z + (1-2*pi)(z**2-1)/6``
+   with ``v = pi (1 - pi)`` (total-variation error < 0.5 % against the exact binomial);
+2. spread the sum error ``T*k - sum(b)`` over experts in proportion to ``v_e``. This gives the
+   covariance ``T (diag(v) - v v^T / sum(v))`` of Hajek's approximation for maximum-entropy
+   (conditional-Poisson) sampling without replacement; marginal variances are ``T v_e (1 -
+   v_e/sum(v))``, e.g. ``(1 - 1/E)`` of the exact value for ``uniform``;
+3. clip to ``[0, T]`` and move any remaining excess (or deficit) to the other experts in
+   proportion to their room (``T - x`` or ``x``), which one pass makes exact;
+4. round to integers by systematic rounding (one uniform offset per layer on the cumulative
+   sum), which keeps the row sum and rounds each entry to its floor or ceiling.
+
+``pooled(T)`` serves the engine: it keeps up to ``samples_per_shape`` draws per token count
+(bounded memory, least recently used counts evicted) and returns one of them at random.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from moesim.config.schema import RoutingLoadCfg
+from moesim.core.errors import ConfigError
+
+__all__ = ["RoutingLoadGenerator", "capped_inclusion"]
+
+_EXACT_BELOW_VAR = 9.0
+"""Per-entry variance below which the binomial is drawn exactly instead of the corrected normal."""
+
+
+def capped_inclusion(weights: np.ndarray, top_k: int) -> np.ndarray:
+    """Inclusion probabilities ``pi[E]`` proportional to ``weights``, summing to ``top_k``, each <= 1.
+
+    Experts whose share would exceed 1 are set to 1 and the rest re-normalised (water-filling).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    pi = np.zeros_like(w)
+    capped = np.zeros(w.shape, dtype=bool)
+    while True:
+        free = ~capped
+        rest = top_k - int(capped.sum())
+        total = float(w[free].sum())
+        pi[free] = rest * w[free] / total if rest > 0 and total > 0 else 0.0
+        over = free & (pi > 1.0)
+        if not over.any():
+            return np.clip(pi, 0.0, 1.0)
+        capped |= over
+        pi[capped] = 1.0
+
+
+class RoutingLoadGenerator:
+    """Per-pass expert loads ``int64[n_layers, n_experts]`` for a batch of ``T`` tokens.
+
+    Args:
+        cfg: the routing-load model (kind, zipf exponent, hot-expert split, per-layer shuffle).
+        n_layers: MoE layers ``L``.
+        n_experts: routed experts per layer ``E``.
+        top_k: experts per token ``k`` (``1 <= k <= E``).
+        rng: the generator's random stream; per-layer permutations are drawn from it here, and
+            every ``sample`` continues it (same state => same draws).
+        pool_max_entries: memory bound of ``pooled`` in stored counts (8 bytes each).
+    """
+
+    def __init__(self, cfg: RoutingLoadCfg, *, n_layers: int, n_experts: int, top_k: int,
+                 rng: np.random.Generator, pool_max_entries: int = 4_000_000) -> None:
+        if n_layers < 1 or n_experts < 1:
+            raise ConfigError(f"need n_layers >= 1 and n_experts >= 1, got {n_layers} and {n_experts}", field="model.moe")
+        if not 1 <= top_k <= n_experts:
+            raise ConfigError(f"top_k={top_k} must be in [1, n_experts={n_experts}]", field="model.moe.top_k")
+        if cfg.kind == "hot_experts" and cfg.hot_experts > n_experts:
+            raise ConfigError(f"hot_experts={cfg.hot_experts} exceeds the model's {n_experts} experts",
+                              field="routing.hot_experts")
+        self.cfg = cfg
+        self.n_layers, self.n_experts, self.top_k = int(n_layers), int(n_experts), int(top_k)
+        self._rng = rng
+        self._pool: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._pool_entries = 0
+        self._pool_max_entries = int(pool_max_entries)
+        shape = (self.n_layers, self.n_experts)
+        self._perm: np.ndarray | None = None  # [L, E]: logical (rank) j of layer l is expert perm[l, j]
+        if cfg.shuffle_per_layer and cfg.kind != "uniform":
+            self._perm = np.argsort(rng.random(shape), axis=1, kind="stable")
+        if cfg.kind == "uniform":
+            pi = np.full(shape, self.top_k / self.n_experts)
+        elif cfg.kind == "zipf":
+            ranks = np.arange(1, self.n_experts + 1, dtype=np.float64)
+            pi = self._to_experts(np.broadcast_to(capped_inclusion(ranks ** -cfg.zipf_s, self.top_k), shape))
+        else:
+            pi = np.zeros(shape)
+        self.inclusion = pi
+        """``float64[L, E]`` probability that a token picks each expert (rows sum to ``k``)."""
+        self.inclusion.setflags(write=False)
+        v = pi * (1.0 - pi)
+        self._skew = (1.0 - 2.0 * pi) / 6.0
+        vsum = v.sum(axis=1, keepdims=True)
+        self._share = np.divide(v, vsum, out=np.zeros_like(v), where=vsum > 0)
+        self._random_mask = (v > 0).astype(np.float64)  # degenerate experts never absorb repairs
+        self._inflate = 1.0 / np.sqrt(np.maximum(1.0 - self._share, 0.25))
+        self._v = v
+
+    # ------------------------------------------------------------------ public API
+    def sample(self, tokens: int) -> np.ndarray:
+        """A fresh draw: ``int64[L, E]`` (token, slot) counts for ``tokens`` tokens (see module doc)."""
+        t = int(tokens)
+        if t < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if t == 0:
+            return np.zeros((self.n_layers, self.n_experts), dtype=np.int64)
+        if self.cfg.kind == "hot_experts":
+            return self._hot_counts(t)
+        return self._random_counts(t)
+
+    def pooled(self, tokens: int) -> np.ndarray:
+        """A read-only draw for ``tokens`` from a pool of ``cfg.samples_per_shape`` draws per count.
+
+        The first ``samples_per_shape`` calls for a token count draw fresh samples and keep them;
+        later calls return one of the kept draws chosen uniformly at random.
+        """
+        t = int(tokens)
+        draws = self._pool.get(t)
+        if draws is None:
+            draws = self._pool[t] = []
+        self._pool.move_to_end(t)
+        if len(draws) < self.cfg.samples_per_shape:
+            draw = self.sample(t)
+            draw.setflags(write=False)
+            draws.append(draw)
+            self._pool_entries += draw.size
+            self._evict()
+            return draw
+        return draws[int(self._rng.integers(len(draws)))]
+
+    def expected_counts(self, tokens: int) -> np.ndarray:
+        """``float64[L, E]`` mean (token, slot) count per expert for ``tokens`` tokens."""
+        if self.cfg.kind == "hot_experts":
+            return self._hot_counts(int(tokens)).astype(np.float64)
+        return float(tokens) * self.inclusion
+
+    # ------------------------------------------------------------------ internals
+    def _to_experts(self, by_rank: np.ndarray) -> np.ndarray:
+        """Map ``[L, E]`` values indexed by logical rank to expert ids through the permutation."""
+        out = np.array(by_rank, copy=True)
+        if self._perm is not None:
+            np.put_along_axis(out, self._perm, by_rank, axis=1)
+        return out
+
+    def _random_counts(self, t: int) -> np.ndarray:
+        rng, pi = self._rng, self.inclusion
+        target = float(t * self.top_k)
+        mean = t * pi
+        var = t * self._v
+        exact = var < _EXACT_BELOW_VAR  # includes the degenerate pi in {0, 1}
+        n_exact = int(np.count_nonzero(exact))
+        if n_exact < exact.size:  # corrected normal; exact entries are overwritten below
+            z = rng.standard_normal(pi.shape)
+            dev = np.sqrt(var) * z + self._skew * (z * z - 1.0)
+        else:
+            dev = np.zeros_like(mean)
+        if n_exact:
+            random = exact & (self._v > 0)
+            if random.all():
+                dev = rng.binomial(t, pi) - mean
+            elif random.any():
+                dev[random] = rng.binomial(t, pi[random]) - mean[random]
+            if n_exact < exact.size:
+                dev[exact & ~random] = 0.0
+        x = mean + self._inflate * dev
+        x += self._share * (target - x.sum(axis=1, keepdims=True))
+        np.clip(x, 0.0, float(t), out=x)
+        gap = target - x.sum(axis=1, keepdims=True)
+        if np.abs(gap).max() > 1e-9 * target:
+            room = np.where(gap > 0, t - x, x) * self._random_mask
+            x += gap * room / room.sum(axis=1, keepdims=True)
+        cum = np.cumsum(x, axis=1)
+        cum += rng.random((self.n_layers, 1))
+        np.floor(cum, out=cum)
+        cum[:, -1] = target
+        counts = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
+        if counts.min() < 0 or counts.max() > t:  # floating-point corner; practically never
+            counts = _repair(counts, t, self.top_k)
+        return counts
+
+    def _hot_counts(self, t: int) -> np.ndarray:
+        k, e = self.top_k, self.n_experts
+        h = self.cfg.hot_experts
+        cold = e - h
+        n_hot = min(t, int(np.floor(self.cfg.hot_fraction * t + 0.5)))
+        n_cold = t - n_hot
+        hot_from_hot, cold_from_cold = min(k, h), min(k, cold)
+        slots_hot = n_hot * hot_from_hot + n_cold * (k - cold_from_cold)
+        slots_cold = n_hot * (k - hot_from_hot) + n_cold * cold_from_cold
+        base = np.zeros(e, dtype=np.int64)
+        base[:h] = _deal(slots_hot, h)
+        if cold:
+            base[h:] = _deal(slots_cold, cold)
+        return self._to_experts(np.broadcast_to(base, (self.n_layers, e)))
+
+    def _evict(self) -> None:
+        while self._pool_entries > self._pool_max_entries and len(self._pool) > 1:
+            _, dropped = self._pool.popitem(last=False)
+            self._pool_entries -= sum(d.size for d in dropped)
+
+
+def _deal(slots: int, group: int) -> np.ndarray:
+    """Counts ``int64[group]`` after dealing ``slots`` round-robin from the group's first member."""
+    counts = np.full(group, slots // group, dtype=np.int64)
+    counts[: slots % group] += 1
+    return counts
+
+
+def _repair(counts: np.ndarray, t: int, k: int) -> np.ndarray:
+    """Deterministically restore ``0 <= c <= t`` and row sums ``t*k`` (moves single units)."""
+    counts = np.clip(counts, 0, t)
+    for row in counts:
+        diff = t * k - int(row.sum())
+        while diff:
+            idx = int(np.argmin(row)) if diff > 0 else int(np.argmax(row))
+            step = min(diff, t - int(row[idx])) if diff > 0 else max(diff, -int(row[idx]))
+            row[idx] += step
+            diff -= step
+    return counts
