@@ -44,16 +44,33 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+_UNION_TAGS = ("poisson", "gamma", "azure_trace", "str")
+
+
+def _is_union_tag(part: object) -> bool:
+    """A loc element naming a union member (``str``, ``GpuSpec``, ``function-after[..., ModelSpec]``)."""
+    return isinstance(part, str) and (part in _UNION_TAGS or part[:1].isupper() or "[" in part)
+
+
 def _explain(err: ValidationError, model: type[BaseModel]) -> ConfigError:
     """Turn pydantic's first error into one line naming the dotted field and a fix."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("poisson", "gamma", "azure_trace"))]
+    errors = err.errors()
+    # ``str | Spec`` given a mapping: the inline spec's own error says more than "not a string"
+    first = next((e for e in errors if not (e["type"] == "string_type" and isinstance(e.get("input"), dict))),
+                 errors[0])
+    loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
     field = ".".join(loc) or "scenario"
     if first["type"] == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
         return ConfigError(f"unknown key {loc[-1]!r}; {hint}", field=field)
+    if first["type"] == "missing":
+        return ConfigError(f"required key {loc[-1] if loc else 'scenario'!r} is missing; add it", field=field)
+    if first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        return ConfigError(f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}",
+                           field=f"{field}.kind")
     msg = first["msg"].removeprefix("Value error, ")
     return ConfigError(f"{msg} (got {first.get('input')!r})" if first["type"] != "value_error" else msg, field=field)
 

@@ -37,6 +37,9 @@ def list_presets(kind: str) -> list[str]:
     return sorted(names)
 
 
+_SINGULAR = {"models": "model", "gpus": "GPU", "topologies": "topology", "scenarios": "scenario"}
+
+
 def preset_path(kind: str, name: str, *, field: str) -> Path:
     """Path of preset ``name`` of ``kind``; a ConfigError naming ``field`` if unknown."""
     for d in data_dirs(kind):
@@ -46,7 +49,8 @@ def preset_path(kind: str, name: str, *, field: str) -> Path:
     known = list_presets(kind)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; {hint}known: {', '.join(known)} (see `moesim presets`)",
+    what = _SINGULAR.get(kind, kind)
+    raise ConfigError(f"unknown {what} preset {name!r}; {hint}known: {', '.join(known)} (see `moesim presets`)",
                       field=field)
 
 
@@ -55,12 +59,20 @@ def read_yaml(path: Path, *, field: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}", field=field) from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}", field=field) from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}", field=field) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level", field=field)
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: ``line L, column C: problem``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
 
 
 @lru_cache(maxsize=None)

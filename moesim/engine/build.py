@@ -90,7 +90,8 @@ def build_deployment(scenario: Scenario) -> Deployment:
     cost_cfg = scenario.hardware.cost
     cost = build_cost_model(gpu, cost_cfg, weight_dtype=dep.weight_dtype, activation_dtype=dep.activation_dtype)
     coll: CollectiveCost = (ZeroCollectives() if cost_cfg.kind == "constant"
-                            else SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency))
+                            else SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency,
+                                               all_reduce_algorithm="auto"))
     g = dep.gpus_per_replica
     replica_gpus = tuple(tuple(range(r * g, (r + 1) * g)) for r in range(dep.replicas))
     return Deployment(model, gpu, shape, topo, cost, coll, budget, replica_gpus)

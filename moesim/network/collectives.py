@@ -11,7 +11,10 @@ Byte arguments may be numpy arrays of any shape: the result has the same leading
 Formulas (n = group size, S = bytes, B = bottleneck bandwidth x efficiency, L = per-step latency
 = ``per_message_latency_s`` + the largest path latency between the GPUs that step involves):
 
-* all-reduce (ring): ``2(n-1)/n · S / B + 2(n-1) · L``, S = buffer bytes on each rank;
+* all-reduce (ring): ``2(n-1)/n · S / B + 2(n-1) · L``, S = buffer bytes on each rank; with
+  ``all_reduce_algorithm="auto"`` the cheapest of ring, two-shot (direct reduce-scatter +
+  all-gather: ``2(n-1)/n · S / B_a2a + 2 L``) and one-shot (every rank reads all buffers:
+  ``(n-1) · S / B_a2a + L``), as NCCL's NVLS/tree and vLLM's custom all-reduce pick per size;
 * all-gather / reduce-scatter (ring): ``(n-1)/n · S / B + (n-1) · L``, S = total output bytes;
 * all-to-all: ``max_i max(send_i / B_out_i, recv_i / B_in_i) + L``, where ``B_out_i`` is rank
   i's narrowest bottleneck towards any other member (x efficiency), ``B_in_i`` the narrowest
@@ -72,10 +75,14 @@ class SimpleCollectives:
         efficiency: achieved / nominal bandwidth, in (0, 1].
         per_message_latency_s: software cost of each message step (kernel launch, protocol
             handshake), seconds, added to the path latency.
+        all_reduce_algorithm: ``"ring"`` or ``"auto"`` (cheapest of ring, two-shot, one-shot).
     """
 
     def __init__(self, topology: Topology, *, efficiency: float = 0.8,
-                 per_message_latency_s: float = 5e-6) -> None:
+                 per_message_latency_s: float = 5e-6, all_reduce_algorithm: str = "ring") -> None:
+        if all_reduce_algorithm not in ("ring", "auto"):
+            raise ValueError(f"all_reduce_algorithm must be 'ring' or 'auto', got {all_reduce_algorithm!r}")
+        self.all_reduce_algorithm = all_reduce_algorithm
         if not 0.0 < efficiency <= 1.0:
             raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
         if per_message_latency_s < 0:
@@ -124,8 +131,17 @@ class SimpleCollectives:
 
     # ----------------------------------------------------------------- collectives
     def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
-        """Ring all-reduce: ``2(n-1)/n · S / B + 2(n-1) · L`` seconds, same shape as ``nbytes``."""
-        return self._ring_time(group, nbytes, passes=2)
+        """All-reduce (ring, or the cheapest algorithm with ``auto``), same shape as ``nbytes``."""
+        ring = self._ring_time(group, nbytes, passes=2)
+        n = len(group)
+        if self.all_reduce_algorithm == "ring" or n <= 2:
+            return ring
+        s = _as_bytes(nbytes)
+        b_out, b_in, lat = self._a2a(tuple(group))
+        bw = float(min(b_out.min(), b_in.min()))
+        two_shot = 2 * (n - 1) / n * s / bw + 2 * lat
+        one_shot = (n - 1) * s / bw + lat
+        return _out(np.minimum(np.minimum(ring, two_shot), one_shot))
 
     def all_gather_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
         """Ring all-gather of ``nbytes`` total output: ``(n-1)/n · S / B + (n-1) · L`` seconds."""

@@ -1,0 +1,19 @@
+"""Shared fixtures: where the team's shared traces live, and small scenarios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TRACES = REPO.parent / "shared" / "traces"
+
+
+@pytest.fixture
+def azure_conv() -> Path:
+    """The Azure 2023 conversation trace in ../shared/traces (skips when absent)."""
+    path = SHARED_TRACES / "azure-llm-inference-2023" / "AzureLLMInferenceTrace_conv.csv"
+    if not path.is_file():
+        pytest.skip(f"trace not found at {path}; see traces/README.md for the download")
+    return path
