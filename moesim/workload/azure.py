@@ -115,9 +115,8 @@ def _parse(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         frame = pd.read_csv(path, encoding="utf-8-sig", engine="c", dtype={
             "TIMESTAMP": str, "ContextTokens": np.int64, "GeneratedTokens": np.int64})
-        stamps = pd.to_datetime(frame["TIMESTAMP"], format="ISO8601", errors="coerce")
-        if stamps.dt.tz is not None:
-            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+        # utc=True: offsets are honoured (and may differ by row); naive times are read as UTC.
+        stamps = pd.to_datetime(frame["TIMESTAMP"], format="ISO8601", errors="coerce", utc=True)
         context = frame["ContextTokens"].to_numpy(dtype=np.int64)
         generated = frame["GeneratedTokens"].to_numpy(dtype=np.int64)
         ok = (list(frame.columns) == list(AZURE_COLUMNS) and not stamps.isna().any()
@@ -128,7 +127,7 @@ def _parse(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fast_error = None
     if not ok:
         _raise_bad_rows(path, fast_error)
-    ts_ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ts_ns = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype(np.int64)
     return ts_ns, context, generated
 
 
@@ -163,7 +162,7 @@ def _raise_bad_rows(path: Path, fast_error: Exception | None) -> None:
 def _bad_stamps(stamps: list[str]) -> list[str | None]:
     """For each timestamp string: itself when it does not parse, else None."""
     try:
-        parsed = pd.to_datetime(pd.Series(stamps, dtype=object), format="ISO8601", errors="coerce")
+        parsed = pd.to_datetime(pd.Series(stamps, dtype=object), format="ISO8601", errors="coerce", utc=True)
         return [s if bad else None for s, bad in zip(stamps, parsed.isna().to_numpy())]
     except (ValueError, TypeError):  # e.g. a mix of UTC offsets and naive times: one at a time
         out: list[str | None] = []

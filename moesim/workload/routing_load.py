@@ -58,13 +58,11 @@ means within ~2.5 % of ``T pi`` for ``T >= 2`` (up to ~6 % for ``T = 1``, where 
 random expert is picked a little too rarely), marginal variances within ~±7 %, and ``E[max]``
 within 1 %. ``hot_experts`` is exact by construction.
 
-``pooled(T)`` serves the engine: it keeps up to ``samples_per_shape`` draws per token count
-(bounded memory, least recently used counts evicted) and returns one of them at random.
+``RoutingLoadCfg.samples_per_shape`` is the engine's business: it keeps that many ``sample`` draws
+per token count and picks among them.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 
@@ -109,11 +107,10 @@ class RoutingLoadGenerator:
         top_k: experts per token ``k`` (``1 <= k <= E``).
         rng: the generator's random stream; per-layer permutations are drawn from it here, and
             every ``sample`` continues it (same state => same draws).
-        pool_max_entries: memory bound of ``pooled`` in stored counts (8 bytes each).
     """
 
     def __init__(self, cfg: RoutingLoadCfg, *, n_layers: int, n_experts: int, top_k: int,
-                 rng: np.random.Generator, pool_max_entries: int = 4_000_000) -> None:
+                 rng: np.random.Generator) -> None:
         if n_layers < 1 or n_experts < 1:
             raise ConfigError(f"need n_layers >= 1 and n_experts >= 1, got {n_layers} and {n_experts}", field="model.moe")
         if not 1 <= top_k <= n_experts:
@@ -124,9 +121,6 @@ class RoutingLoadGenerator:
         self.cfg = cfg
         self.n_layers, self.n_experts, self.top_k = int(n_layers), int(n_experts), int(top_k)
         self._rng = rng
-        self._pool: OrderedDict[int, list[np.ndarray]] = OrderedDict()
-        self._pool_entries = 0
-        self._pool_max_entries = int(pool_max_entries)
         shape = (self.n_layers, self.n_experts)
         self._perm: np.ndarray | None = None  # [L, E]: logical (rank) j of layer l is expert perm[l, j]
         if cfg.shuffle_per_layer and cfg.kind != "uniform":
@@ -150,6 +144,10 @@ class RoutingLoadGenerator:
         self._random_mask = (v > 0).astype(np.float64)  # degenerate experts never absorb repairs
         self._v = v
 
+    def __repr__(self) -> str:
+        return (f"RoutingLoadGenerator({self.cfg!r}, n_layers={self.n_layers}, n_experts={self.n_experts}, "
+                f"top_k={self.top_k})")
+
     # ------------------------------------------------------------------ public API
     def sample(self, tokens: int) -> np.ndarray:
         """A fresh draw: ``int64[L, E]`` (token, slot) counts for ``tokens`` tokens (see module doc)."""
@@ -161,26 +159,6 @@ class RoutingLoadGenerator:
         if self.cfg.kind == "hot_experts":
             return self._hot_counts(t)
         return self._random_counts(t)
-
-    def pooled(self, tokens: int) -> np.ndarray:
-        """A read-only draw for ``tokens`` from a pool of ``cfg.samples_per_shape`` draws per count.
-
-        The first ``samples_per_shape`` calls for a token count draw fresh samples and keep them;
-        later calls return one of the kept draws chosen uniformly at random.
-        """
-        t = int(tokens)
-        draws = self._pool.get(t)
-        if draws is None:
-            draws = self._pool[t] = []
-        self._pool.move_to_end(t)
-        if len(draws) < self.cfg.samples_per_shape:
-            draw = self.sample(t)
-            draw.setflags(write=False)
-            draws.append(draw)
-            self._pool_entries += draw.size
-            self._evict()
-            return draw
-        return draws[int(self._rng.integers(len(draws)))]
 
     def expected_counts(self, tokens: int) -> np.ndarray:
         """``float64[L, E]`` mean (token, slot) count per expert for ``tokens`` tokens."""
@@ -262,12 +240,7 @@ class RoutingLoadGenerator:
         pi[:h] = (r * min(k, h) + (1.0 - r) * (k - min(k, cold))) / h
         if cold:
             pi[h:] = (r * (k - min(k, h)) + (1.0 - r) * min(k, cold)) / cold
-        return pi
-
-    def _evict(self) -> None:
-        while self._pool_entries > self._pool_max_entries and len(self._pool) > 1:
-            _, dropped = self._pool.popitem(last=False)
-            self._pool_entries -= sum(d.size for d in dropped)
+        return np.clip(pi, 0.0, 1.0)
 
 
 def _deal(slots: int, group: int) -> np.ndarray:

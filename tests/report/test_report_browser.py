@@ -155,3 +155,27 @@ def test_report_renders_in_browser(moe: bool, tmp_path: Path) -> None:
     missing = {name: classes for name, classes in found.items()
                if classes != {"plot-container", "main-svg"}}
     assert not missing, f"figures not rendered: {missing}"
+
+
+@pytest.mark.parametrize("model", ["olmoe-1b-7b", "llama-3-70b"])
+def test_report_of_a_real_run_renders_in_browser(model: str, tmp_path: Path) -> None:
+    """End to end: `moesim run` output opened in Chromium (MoE and dense models)."""
+    from moesim.cli import main
+
+    sets = ["workload.duration_s=8", f"model={model}"]
+    if model == "llama-3-70b":
+        sets += ["deployment.replicas=1", "deployment.gpus_per_replica=8", "deployment.attention_tp=8",
+                 "deployment.ep=8"]
+    args = ["run", "default", "-o", str(tmp_path / "out"), "-q"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    page = tmp_path / "report.html"
+    page.write_text(instrument(html), encoding="utf-8")
+    dom, stderr = run_chromium(page, tmp_path)
+    assert console_errors(stderr) == []
+    found = rendered_figures(dom)
+    assert {"latency_cdf", "throughput", "kv_occupancy", "batch_size"} <= set(found)
+    assert ("expert_load" in found) == (model == "olmoe-1b-7b")
+    assert all(c == {"plot-container", "main-svg"} for c in found.values()), found
