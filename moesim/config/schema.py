@@ -290,7 +290,7 @@ class EngineCfg(Frozen):
     """Advance runs of decode passes with an unchanged batch in one event (same results)."""
     horizon_s: Seconds | None = None
     """Stop at this simulated time (None: when every request has finished)."""
-    timeseries_bin_s: Seconds = 1.0
+    timeseries_bin_s: Annotated[float, BeforeValidator(units.parse_seconds), Field(gt=0)] = 1.0
     """Bin width of the over-time series in the summary and report."""
 
 

@@ -84,10 +84,14 @@ class Replica:
 
     # ------------------------------------------------------------------ arrivals
     def submit(self, rid: int) -> None:
-        """Accept request ``rid`` (routed here); reject it if it can never fit in KV."""
+        """Accept request ``rid`` (routed here). Reject (and count) a request that could never run:
+        longer than the model's context, than one DP group's KV pool, or, without chunked
+        prefill, than the token budget of a pass."""
         prompt, output = int(self.req.prompt_tokens[rid]), int(self.req.output_tokens[rid])
         self.log.replica[rid] = self.index
-        if prompt + output > self.max_context or self._blocks(prompt + output) > self.capacity:
+        too_long_unchunked = not self.cfg.chunked_prefill and prompt > self.cfg.max_batched_tokens
+        if (prompt + output > self.max_context or self._blocks(prompt + output) > self.capacity
+                or too_long_unchunked):
             self.log.rejected[rid] = True
             return
         self.waiting.append(Seq(rid, prompt, output))
@@ -185,7 +189,7 @@ class Replica:
 
     def _run_length(self, plan: Plan) -> int:
         """Passes the current decode-only batch can run unchanged (≥ 1)."""
-        if (not self.fast_forward or plan.prefill or plan.preempted or plan.skipped
+        if (not self.fast_forward or not plan.decode or plan.prefill or plan.preempted or plan.skipped
                 or len(plan.decode) != len(self.running)):
             return 1
         remaining = min(s.output - int(self.log.generated[s.rid]) for s in plan.decode)

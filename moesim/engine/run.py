@@ -94,7 +94,7 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                           "topology": d.topology.name}
     return RunResult(
         config=config, provenance=provenance, summary=summary, requests=requests,
-        timeseries=timeseries_table(pass_logs, queue, kv_capacity_blocks=kv_blocks,
+        timeseries=timeseries_table(pass_logs, queue, kv_capacity_blocks=kv_blocks * dep.attention_dp,
                                     bin_s=scenario.engine.timeseries_bin_s, end_s=max(sim_time, 1e-9)),
         batch_hist=batch_histogram(pass_logs), expert_load=expert, rank_load=rank,
         imbalance=imb.drop(columns="weight"))

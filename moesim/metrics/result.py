@@ -24,7 +24,7 @@ class RunResult:
         provenance: moesim version, seed, scenario hash, calibration hashes.
         summary: headline KPIs (flat JSON-safe dict; see docs/metrics.md).
         requests: one row per request: ``request_id, replica, arrival_s, first_token_s, finish_s,
-            prompt_tokens, output_tokens, generated_tokens, preemptions, ttft_s, tpot_s, e2e_s,
+            prompt_tokens, output_tokens, generated_tokens, preemptions, rejected, ttft_s, tpot_s, e2e_s,
             finished, slo_met``.
         timeseries: one row per (time bin, replica): ``t_s, replica, busy_frac, passes,
             batch_size_mean, prefill_tokens, decode_tokens, kv_occupancy, queue_depth``.

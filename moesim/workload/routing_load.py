@@ -112,7 +112,8 @@ class RoutingLoadGenerator:
     def __init__(self, cfg: RoutingLoadCfg, *, n_layers: int, n_experts: int, top_k: int,
                  rng: np.random.Generator) -> None:
         if n_layers < 1 or n_experts < 1:
-            raise ConfigError(f"need n_layers >= 1 and n_experts >= 1, got {n_layers} and {n_experts}", field="model.moe")
+            raise ConfigError(f"need n_layers >= 1 and n_experts >= 1, got {n_layers} and {n_experts}",
+                              field="model.moe")
         if not 1 <= top_k <= n_experts:
             raise ConfigError(f"top_k={top_k} must be in [1, n_experts={n_experts}]", field="model.moe.top_k")
         if cfg.kind == "hot_experts" and cfg.hot_experts > n_experts:

@@ -93,3 +93,12 @@ def test_routing_skew_slows_moe_passes() -> None:
         return float(pcm.pass_times([batch], 1, np.zeros(1, np.int64))[0])
 
     assert pass_s("hot_experts") > 1.5 * pass_s("uniform")
+
+
+def test_prompt_longer_than_budget_without_chunking_is_rejected_not_stuck() -> None:
+    res = run(load_scenario("default", ["workload.duration_s=10", "scheduler.chunked_prefill=false",
+                                        "scheduler.max_batched_tokens=512"]))
+    s = res.summary
+    too_long = (res.requests["prompt_tokens"] > 512).sum()
+    assert too_long > 0 and s["requests_rejected"] == too_long
+    assert s["requests_finished"] + s["requests_rejected"] == s["requests_arrived"]
