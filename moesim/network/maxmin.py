@@ -24,10 +24,12 @@ entries of frozen flows are dropped, so the work shrinks as flows freeze.
 flows finish. To bound the number of re-solves, completions are coalesced: at each event the flows
 finishing by ``(t + t_min)(1 + rtol)`` or by ``t + t_min + window_frac · LB`` finish in that event
 (``t_min``: earliest finish under the current rates, ``LB``: the largest link load / capacity, a
-lower bound of the makespan); everyone runs at the current rates until the end of that window.
-Finish times are exact under the rates in force, so the makespan is exact when rates do not change
-inside a window, and otherwise late by at most one window per event (rates are re-solved late).
-There are at most about ``makespan / (window_frac · LB)`` events.
+lower bound of the makespan); everyone runs at the current rates until the last of them finishes,
+then rates are re-solved. Finish times are exact under the rates in force, so the result is exact
+when no two distinct completions fall in one window; otherwise the bandwidth a flow frees is
+handed on up to one window late. Windows do not overlap while rates stay put, so there are about
+``makespan / (window_frac · LB)`` events at most (``window_frac = 0``: one event per distinct
+completion time).
 """
 
 from __future__ import annotations
@@ -182,10 +184,11 @@ def _fill(cap: np.ndarray, e_flow: np.ndarray, e_link: np.ndarray, e_w: np.ndarr
             rate[hit] = level
             frozen[hit] = True
         if dmin <= thr:
+            assert demand is not None
             k = int(np.searchsorted(dv, thr, side="right"))
             capped = dq[dpos:k]
             capped = capped[~frozen[capped]]
-            rate[capped] = np.minimum(dv[dpos:k][~frozen[dq[dpos:k]]], level)
+            rate[capped] = np.minimum(demand[capped], level)
             frozen[capped] = True
             dpos = k
         dead = frozen[e_flow]
@@ -256,8 +259,8 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         if t_min == np.inf:
             finish[act] = np.inf
             break
-        dt = max(t_min + rtol * (t + t_min), t_min + floor)
-        done = tf <= dt
+        done = tf <= max(t_min + rtol * (t + t_min), t_min + floor)
+        dt = float(tf[done].max())
         finish[act[done]] = t + tf[done]
         run = ~done
         rem[act[run]] -= r[run] * dt
