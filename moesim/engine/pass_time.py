@@ -124,7 +124,7 @@ class PassCostModel:
             z = np.zeros(self.samples)
             return MoePool(np.zeros((self.samples, 0, 0), np.int64), np.zeros((self.samples, 0, dep.ep), np.int64),
                            z, np.ones(self.samples))
-        counts = np.stack([self.routing.sample(tokens) for _ in range(self.samples)])   # [S, L, E]
+        counts = self.routing.sample_many(tokens, self.samples)                          # [S, L, E]
         s, n_layers, n_exp = counts.shape
         local = counts.reshape(s, n_layers, dep.ep, n_exp // dep.ep)                     # [S, L, ep, E/ep]
         rank_load = local.sum(axis=-1)                                                  # [S, L, ep]

@@ -144,6 +144,7 @@ class RoutingLoadGenerator:
         self._vsum = np.maximum(vsum, 1e-12)
         self._random_mask = (v > 0).astype(np.float64)  # degenerate experts never absorb repairs
         self._v = v
+        self._tiled: dict[int, tuple[np.ndarray, ...]] = {}
 
     def __repr__(self) -> str:
         return (f"RoutingLoadGenerator({self.cfg!r}, n_layers={self.n_layers}, n_experts={self.n_experts}, "
@@ -161,6 +162,13 @@ class RoutingLoadGenerator:
             return self._hot_counts(t)
         return self._random_counts(t)
 
+    def sample_many(self, tokens: int, n: int) -> np.ndarray:
+        """``n`` independent draws at once: ``int64[n, L, E]`` (same distribution as ``sample``)."""
+        t = int(tokens)
+        if t <= 0 or self.cfg.kind == "hot_experts":
+            return np.stack([self.sample(t) for _ in range(n)])
+        return self._random_counts(t, reps=n).reshape(n, self.n_layers, self.n_experts)
+
     def expected_counts(self, tokens: int) -> np.ndarray:
         """``float64[L, E]`` mean (token, slot) count per expert for ``tokens`` tokens."""
         if self.cfg.kind == "hot_experts":
@@ -175,20 +183,33 @@ class RoutingLoadGenerator:
             np.put_along_axis(out, self._perm, by_rank, axis=1)
         return out
 
-    def _random_counts(self, t: int) -> np.ndarray:
-        rng, pi = self._rng, self.inclusion
+    def _params(self, reps: int) -> tuple[np.ndarray, ...]:
+        """Per-row parameters (inclusion, variance, skew, inflation, row variance, repair mask)
+        tiled ``reps`` times along the layer axis: each ``[reps * L, E]`` (row sums ``[reps * L, 1]``)."""
+        base = (self.inclusion, self._v, self._skew, self._inflate, self._vsum, self._random_mask)
+        if reps == 1:
+            return base
+        hit = self._tiled.get(reps)
+        if hit is None:
+            hit = self._tiled[reps] = tuple(np.tile(a, (reps, 1)) for a in base)
+        return hit
+
+    def _random_counts(self, t: int, reps: int = 1) -> np.ndarray:
+        """``int64[reps * L, E]``: ``reps`` independent draws stacked along the layer axis."""
+        rng = self._rng
+        pi, v_row, skew, inflate, vsum, mask = self._params(reps)
         target = float(t * self.top_k)
         mean = t * pi
-        var = t * self._v
+        var = t * v_row
         exact = var < _EXACT_BELOW_VAR  # includes the degenerate pi in {0, 1}
         n_exact = int(np.count_nonzero(exact))
         if n_exact < exact.size:  # corrected normal; exact entries are overwritten below
             z = rng.standard_normal(pi.shape)
-            dev = np.sqrt(var) * z + self._skew * (z * z - 1.0)
+            dev = np.sqrt(var) * z + skew * (z * z - 1.0)
         else:
             dev = np.zeros_like(mean)
         if n_exact:
-            random = exact & (self._v > 0)
+            random = exact & (v_row > 0)
             if random.all():
                 dev = rng.binomial(t, pi) - mean
             elif random.any():
@@ -197,8 +218,8 @@ class RoutingLoadGenerator:
                 dev[exact & ~random] = 0.0
         # Restore the variance the sum repair takes away: (1 - s_e)^-1/2 for the projection and
         # kappa for the shrinkage of the boundary-aware weights (c = 0.25 tuned on zipf/uniform).
-        kappa = 1.0 / (1.0 - np.minimum(0.5, _KAPPA_C / np.sqrt(t * self._vsum)))
-        x = mean + (self._inflate * kappa) * dev
+        kappa = 1.0 / (1.0 - np.minimum(0.5, _KAPPA_C / np.sqrt(t * vsum)))
+        x = mean + (inflate * kappa) * dev
         gap = target - x.sum(axis=1, keepdims=True)
         weight = np.where(gap > 0, pi * np.maximum(t - x, 0.0), (1.0 - pi) * np.maximum(x, 0.0))
         wsum = weight.sum(axis=1, keepdims=True)
@@ -206,11 +227,11 @@ class RoutingLoadGenerator:
         np.clip(x, 0.0, float(t), out=x)
         gap = target - x.sum(axis=1, keepdims=True)
         if np.abs(gap).max() > 1e-9 * target:
-            room = np.where(gap > 0, t - x, x) * self._random_mask
+            room = np.where(gap > 0, t - x, x) * mask
             rsum = room.sum(axis=1, keepdims=True)
             x += gap * np.divide(room, rsum, out=np.zeros_like(room), where=rsum > 0)
         cum = np.cumsum(x, axis=1)
-        cum += rng.random((self.n_layers, 1))
+        cum += rng.random((reps * self.n_layers, 1))
         np.floor(cum, out=cum)
         cum[:, -1] = target
         counts = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)

@@ -153,3 +153,15 @@ def test_expected_counts() -> None:
     assert np.allclose(gen.expected_counts(1000).sum(axis=1), 4000)
     hot = make("hot_experts", hot_fraction=0.5, hot_experts=2)
     assert np.array_equal(hot.expected_counts(100), hot.sample(100))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "zipf", "hot_experts"])
+def test_sample_many_keeps_the_invariants(kind: str) -> None:
+    """Batched draws: every draw's rows sum to T*k, entries in [0, T], draws differ."""
+    gen = RoutingLoadGenerator(RoutingLoadCfg(kind=kind, zipf_s=1.2), n_layers=5, n_experts=16, top_k=4,
+                               rng=np.random.default_rng(3))
+    many = gen.sample_many(100, 8)
+    assert many.shape == (8, 5, 16)
+    assert (many.sum(axis=-1) == 400).all() and many.min() >= 0 and many.max() <= 100
+    if kind != "hot_experts":
+        assert len({d.tobytes() for d in many}) == 8
