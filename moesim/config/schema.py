@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from moesim.core import units
 
@@ -261,9 +261,16 @@ WorkloadCfg = Annotated[Union[SyntheticWorkloadCfg, TraceWorkloadCfg], Field(dis
 
 
 class RoutingLoadCfg(Frozen):
-    """Per-pass expert-routing load generator (tokens -> experts counts per MoE layer)."""
+    """Per-pass expert-routing load generator (tokens -> experts counts per MoE layer).
 
-    kind: Literal["uniform", "zipf", "hot_experts"] = "zipf"
+    Stationary kinds (every pass an independent draw; the engine may pool draws): ``uniform``,
+    ``zipf``, ``hot_experts`` (LLEP "r:h"), ``dirichlet`` and ``correlated``. Non-stationary
+    kinds (each pass advances the model's time; draw with ``next_pass``): ``drift``, ``trace``
+    and ``fitted`` (unless ``fit_drift`` is false). See ``moesim/workload/routing_load.py`` and
+    ``moesim/workload/routing_dynamics.py``.
+    """
+
+    kind: Literal["uniform", "zipf", "hot_experts", "dirichlet", "drift", "correlated", "trace", "fitted"] = "zipf"
     zipf_s: float = Field(1.0, ge=0)
     """Zipf exponent: expert of popularity rank i gets weight 1/i^s."""
     hot_fraction: float = Field(0.5, ge=0, le=1)
@@ -274,6 +281,55 @@ class RoutingLoadCfg(Frozen):
     """Each layer gets its own random popularity order (else expert 0 is hottest everywhere)."""
     samples_per_shape: int = Field(16, gt=0)
     """Distinct routing draws kept per token count; each pass picks one at random (speed)."""
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    """dirichlet: concentration alpha of each layer's slot shares ~ Dirichlet(alpha * 1), drawn once.
+    Small alpha (0.1) puts most tokens on a few experts; large alpha (100) is nearly uniform. Also the
+    base popularity of drift / correlated when ``popularity: dirichlet``."""
+    popularity: Literal["zipf", "dirichlet"] = "zipf"
+    """drift, correlated: the mean per-layer popularity they start from: Zipf(``zipf_s``, with
+    ``shuffle_per_layer``) or Dirichlet(``dirichlet_alpha``)."""
+    drift_tau_passes: float = Field(1000.0, gt=0)
+    """drift: time constant tau of the log-popularity Ornstein-Uhlenbeck process, in forward passes
+    (lag-1 autocorrelation exp(-1/tau)); for a time constant in seconds use tau_s / mean pass time."""
+    drift_sigma: float = Field(0.5, ge=0)
+    """drift: stationary standard deviation of each expert's log-popularity around its mean
+    (0 = no drift: the model becomes stationary)."""
+    layer_correlation: float | str = 0.5
+    """correlated: strength rho in [0, 1] of the expert-to-expert coupling between consecutive layers
+    (0 = layers independent, 1 = a token's next-layer experts are set by its current ones), or the
+    path of a ``.npy`` / ``.npz`` file with transition matrices ``[n_layers - 1, E, E]`` (rows are
+    normalised; relative paths resolve against the scenario folder, then the cwd)."""
+    trace_path: str | None = None
+    """trace, fitted: a moesim routing trace (``.npz``, see traces/README.md) or an ESFT
+    expert-routing folder; relative paths resolve against the scenario folder, then the cwd."""
+    trace_cycle: bool = True
+    """trace: start again at the beginning when the trace ends (false: running past the end is an error)."""
+    trace_tokens_per_step: int | None = Field(None, gt=0)
+    """trace, fitted: re-bin a token-level trace into steps of this many tokens (the grain of the
+    drift fit and of count-only replay). None keeps the file's steps (ESFT folders: 1024 tokens)."""
+    fit_drift: bool = True
+    """fitted: also reproduce the trace's temporal drift (non-stationary); false gives a stationary
+    generator from the fitted mean popularity and cross-layer transitions."""
+
+    @field_validator("layer_correlation", mode="before")
+    @classmethod
+    def _correlation_value(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                if not value.strip():
+                    raise ValueError("layer_correlation: give a number in [0, 1] or a file path") from None
+                return value
+        return value
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> RoutingLoadCfg:
+        if isinstance(self.layer_correlation, float) and not 0.0 <= self.layer_correlation <= 1.0:
+            raise ValueError(f"layer_correlation={self.layer_correlation} must be in [0, 1] (or a file path)")
+        if self.kind in ("trace", "fitted") and not self.trace_path:
+            raise ValueError(f"kind={self.kind} needs trace_path (a moesim .npz routing trace or an ESFT folder)")
+        return self
 
 
 class SloCfg(Frozen):

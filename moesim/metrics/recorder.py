@@ -24,17 +24,32 @@ class PassLog:
 
     def __init__(self) -> None:
         self._chunks: dict[str, list[np.ndarray]] = {f: [] for f in PASS_FIELDS}
+        self._rows: list[tuple[float, ...]] = []   # single-pass rows not yet packed into a chunk
         self.passes = 0
 
     def add(self, **columns: np.ndarray) -> None:
-        """Append a chunk; every column is an array of the same length."""
+        """Append rows; every column is an array of the same length (single rows are buffered)."""
         n = len(columns["start_s"])
-        for f in PASS_FIELDS:
-            self._chunks[f].append(np.asarray(columns[f]))
+        if n == 1:
+            self._rows.append(tuple(float(columns[f][0]) for f in PASS_FIELDS))
+            if len(self._rows) >= 65536:
+                self._pack()
+        else:
+            self._pack()
+            for f in PASS_FIELDS:
+                self._chunks[f].append(np.asarray(columns[f], dtype=np.float64))
         self.passes += n
 
+    def _pack(self) -> None:
+        if self._rows:
+            block = np.array(self._rows, dtype=np.float64)
+            for i, f in enumerate(PASS_FIELDS):
+                self._chunks[f].append(block[:, i])
+            self._rows = []
+
     def column(self, name: str) -> np.ndarray:
-        """All rows of one column, concatenated."""
+        """All rows of one column (float64), concatenated."""
+        self._pack()
         parts = self._chunks[name]
         return np.concatenate(parts) if parts else np.zeros(0)
 

@@ -2,13 +2,18 @@
 
 **Model.** ``L`` directed links with capacities ``c [L]`` bytes/s and ``F`` flows. Flow ``f``
 crosses link ``l`` with a *weight* ``w_fl > 0``: at rate ``r_f`` (bytes/s) it loads the link with
-``w_fl · r_f`` bytes/s. The incidence is sparse (CSR over flows, see ``Incidence``):
+``w_fl · r_f`` bytes/s.
 
 * a flow on one path has weight 1 on each of its links;
 * a flow that ECMP splits evenly over ``k`` paths is *one* flow with fractional incidence: weight
   ``1/k`` on each path's links, summed where paths share a link (so its first and last hops usually
   keep weight 1). Its rate is the total over its paths;
 * ``m`` identical flows can be given as one flow of weight ``m``; its rate is then the per-member rate.
+
+The incidence is sparse, stored padded and slot-major: ``links [K, F]`` int32, row ``k`` holding
+the ``k``-th link of every flow and ``L`` in unused slots, with ``weights [K, F]`` or None for all
+ones (``Incidence``). Every step is then a loop over the K slots of contiguous ``[F]`` gathers and
+``bincount``s; frozen or finished flows are dropped by taking columns.
 
 **Progressive filling** (``solve_maxmin``). All unfrozen flows rise together at a common level
 ``λ``. Link ``l`` admits ``λ ≤ (c_l − frozen load on l) / Σ_{unfrozen f on l} w_fl`` (its fair share
@@ -17,8 +22,8 @@ flow's demand cap bounds its own rate. Each round the smallest bound wins: every
 within relative 1e-12 of the round minimum saturates at once and freezes all its unfrozen flows at
 ``λ``; flows whose cap is reached freeze at their cap. The result is the unique max-min fair
 allocation: no link exceeds its capacity, and every flow not at its cap crosses a saturated link on
-which no flow has a larger rate. A round costs ``O(L)`` plus ``O(entries of unfrozen flows)``;
-entries of frozen flows are dropped, so the work shrinks as flows freeze.
+which no flow has a larger rate. A round costs ``O(L)`` plus ``O(slots of unfrozen flows)``; frozen
+flows are dropped, so the work shrinks as flows freeze.
 
 **Completions** (``simulate_batch``). Flows of given sizes start together; rates are re-solved when
 flows finish. To bound the number of re-solves, completions are coalesced: at each event the flows
@@ -48,16 +53,15 @@ SHARE_RTOL = 1e-12
 
 @dataclass(frozen=True)
 class Incidence:
-    """Sparse flow × link incidence in CSR form.
+    """Padded, slot-major flow × link incidence.
 
     Attributes:
-        indptr: ``[F + 1]`` int64; flow ``f`` owns entries ``indptr[f]:indptr[f + 1]``.
-        links: ``[nnz]`` int64 link index of each entry.
-        weights: ``[nnz]`` float64 load per unit of flow rate, or None for all ones.
+        links: ``[K, F]`` int32; ``links[k, f]`` is flow f's k-th link, ``n_links`` if unused.
+        weights: ``[K, F]`` float64 load per unit of flow rate (any value in unused slots), or
+            None for all ones.
         n_links: L.
     """
 
-    indptr: np.ndarray
     links: np.ndarray
     weights: np.ndarray | None
     n_links: int
@@ -65,25 +69,59 @@ class Incidence:
     @property
     def n_flows(self) -> int:
         """F."""
-        return int(self.indptr.shape[0] - 1)
+        return int(self.links.shape[1])
 
-    def flow_ids(self) -> np.ndarray:
-        """``[nnz]`` flow index of each entry."""
-        return np.repeat(np.arange(self.n_flows, dtype=np.int64), np.diff(self.indptr))
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[int]], n_links: int,
+                  weights: Sequence[Sequence[float]] | None = None) -> Incidence:
+        """From per-flow link lists (and optional per-entry weights); a repeated link adds up."""
+        k = max([len(r) for r in rows] + [1])
+        links = np.full((k, len(rows)), n_links, dtype=np.int32)
+        w = None if weights is None else np.zeros(links.shape)
+        for f, r in enumerate(rows):
+            links[: len(r), f] = r
+            if w is not None and weights is not None:
+                w[: len(r), f] = weights[f]
+        return cls(links, w, n_links)
 
     def link_load(self, per_flow: np.ndarray) -> np.ndarray:
         """``[L]`` Σ_f w_fl · x_f for a per-flow quantity ``x [F]`` (rates → bytes/s, bytes → bytes)."""
-        x = np.asarray(per_flow, dtype=np.float64)[self.flow_ids()]
-        if self.weights is not None:
-            x = x * self.weights
-        return np.bincount(self.links, weights=x, minlength=self.n_links)
+        x = np.asarray(per_flow, dtype=np.float64)
+        return _load(self.links, self.weights, x, self.n_links)[: self.n_links]
 
     def dense(self) -> np.ndarray:
         """``[F, L]`` dense weights (for tests and small cases)."""
-        out = np.zeros((self.n_flows, self.n_links))
-        w = np.ones(self.links.shape[0]) if self.weights is None else self.weights
-        np.add.at(out, (self.flow_ids(), self.links), w)
-        return out
+        out = np.zeros((self.n_flows, self.n_links + 1))
+        w = np.ones(self.links.shape) if self.weights is None else self.weights
+        np.add.at(out, (np.arange(self.n_flows)[None, :], self.links), w)
+        return out[:, : self.n_links]
+
+
+def _load(links: np.ndarray, weights: np.ndarray | None, x: np.ndarray | None, n_links: int) -> np.ndarray:
+    """``[L + 1]`` Σ over slots of ``bincount(links[k], weights[k] · x)`` (x None: ones)."""
+    out = np.zeros(n_links + 1)
+    for k in range(links.shape[0]):
+        w = x if weights is None else (weights[k] if x is None else weights[k] * x)
+        out += np.bincount(links[k], w, minlength=n_links + 1)
+    return out
+
+
+def _counts(links: np.ndarray, n_links: int) -> np.ndarray:
+    """``[L + 1]`` int64 slots naming each link in ``links [K, F]`` (index L: unused slots)."""
+    out = np.zeros(n_links + 1, dtype=np.int64)
+    for row in links:
+        out += np.bincount(row, minlength=n_links + 1)
+    return out
+
+
+def _touches(mask: np.ndarray, links: np.ndarray) -> np.ndarray:
+    """``[F]`` bool: flow f names a link with ``mask [L + 1]`` set in some slot of ``links [K, F]``."""
+    if not links.shape[0]:
+        return np.zeros(links.shape[1], dtype=bool)
+    hit = np.take(mask, links[0])
+    for row in links[1:]:
+        hit |= np.take(mask, row)
+    return hit
 
 
 def as_incidence(flow_links: Any, n_links: int) -> Incidence:
@@ -93,19 +131,18 @@ def as_incidence(flow_links: Any, n_links: int) -> Incidence:
         inc = flow_links
     elif hasattr(flow_links, "tocsr"):
         m = flow_links.tocsr()
-        inc = Incidence(np.asarray(m.indptr, np.int64), np.asarray(m.indices, np.int64),
-                        np.asarray(m.data, np.float64), int(m.shape[1]))
+        ptr = m.indptr
+        rows = [m.indices[ptr[f]: ptr[f + 1]] for f in range(m.shape[0])]
+        inc = Incidence.from_rows(rows, int(m.shape[1]), [m.data[ptr[f]: ptr[f + 1]] for f in range(m.shape[0])])
     else:
-        rows: Sequence[Sequence[int]] = flow_links
-        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        links = (np.concatenate([np.asarray(r, np.int64) for r in rows]) if lens.sum()
-                 else np.zeros(0, np.int64))
-        inc = Incidence(np.concatenate([[0], np.cumsum(lens)]), links, None, n_links)
+        inc = Incidence.from_rows(flow_links, n_links)
     if inc.n_links != n_links:
         raise ValueError(f"incidence has {inc.n_links} links but link_capacity has {n_links}")
-    if inc.links.size and not (0 <= inc.links.min() and inc.links.max() < n_links):
-        raise ValueError(f"link indices must lie in [0, {n_links})")
-    if inc.weights is not None and np.any(inc.weights <= 0):
+    if inc.links.ndim != 2:
+        raise ValueError("incidence links must be [K, F]")
+    if inc.links.size and not (0 <= inc.links.min() and inc.links.max() <= n_links):
+        raise ValueError(f"link indices must lie in [0, {n_links}] ({n_links} = unused slot)")
+    if inc.weights is not None and np.any(inc.weights[inc.links < n_links] <= 0):
         raise ValueError("incidence weights must be > 0")
     return inc
 
@@ -136,72 +173,84 @@ def solve_maxmin(link_capacity: np.ndarray, flow_links: Any,
         demand = np.asarray(demand_cap, dtype=np.float64)
         if demand.shape != (inc.n_flows,) or np.any(np.isnan(demand)) or np.any(demand < 0):
             raise ValueError(f"demand_cap must be {inc.n_flows} values >= 0 bytes/s")
-    rate = np.empty(inc.n_flows)
-    flows = np.arange(inc.n_flows, dtype=np.int64)
-    _fill(cap, inc.flow_ids(), inc.links, inc.weights, rate, flows, demand)
-    return rate
+    return _fill(cap, inc.links, inc.weights, demand)
 
 
-def _fill(cap: np.ndarray, e_flow: np.ndarray, e_link: np.ndarray, e_w: np.ndarray | None,
-          rate: np.ndarray, flows: np.ndarray, demand: np.ndarray | None) -> None:
-    """Progressive filling over the entries ``(e_flow, e_link, e_w)`` of ``flows``; writes ``rate``.
+def _fill(cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
+          demand: np.ndarray | None, *, counts: np.ndarray | None = None) -> np.ndarray:
+    """``[F]`` max-min rates of the flows ``links [K, F]`` (padded with L), see ``solve_maxmin``.
 
-    Every entry must belong to a flow in ``flows``; ``rate`` is ``[F]`` and only ``rate[flows]``
-    is written.
+    ``counts``: ``[L + 1]`` entries per link of ``links``, given by a caller that also guarantees
+    every flow names a link (skips the count and that check).
     """
-    n_links = cap.shape[0]
-    frozen = np.zeros(rate.shape[0], dtype=bool)
-    on_link = np.zeros(rate.shape[0], dtype=bool)
-    on_link[e_flow] = True
-    lone = flows[~on_link[flows]]
-    rate[lone] = np.inf if demand is None else demand[lone]
-    frozen[lone] = True
-    cnt = np.bincount(e_link, minlength=n_links)
-    wsum = cnt.astype(np.float64) if e_w is None else np.bincount(e_link, e_w, minlength=n_links)
-    used = np.zeros(n_links)
-    if demand is not None:
-        dq = flows[np.argsort(demand[flows], kind="stable")]
-        dv = demand[dq]
-    else:
-        dq = dv = np.zeros(0)
+    all_on_links = counts is not None
+    n_links, n_flows = cap.shape[0], links.shape[1]
+    rate = np.empty(n_flows)
+    slots = [k for k in range(links.shape[0]) if np.any(links[k] < n_links)]  # drop empty slots
+    if len(slots) < links.shape[0]:
+        links, weights = links[slots], None if weights is None else weights[slots]
+    frozen = np.zeros(n_flows, dtype=bool)
+    rows = np.arange(n_flows)  # open flows, in the column order of links / weights below
+    if not all_on_links:
+        real = np.ones(n_links + 1, dtype=bool)
+        real[n_links] = False
+        frozen = ~_touches(real, links) if links.shape[0] else ~frozen
+        lone = np.flatnonzero(frozen)
+        rate[lone] = np.inf if demand is None else demand[lone]
+        if lone.size:
+            rows = np.flatnonzero(~frozen)
+            links = np.take(links, rows, axis=1)
+            weights = None if weights is None else np.take(weights, rows, axis=1)
+    cnt = _counts(links, n_links) if counts is None else counts.copy()
+    wsum = cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
+    used = np.zeros(n_links + 1)
+    dq = np.zeros(0, np.int64) if demand is None else np.argsort(demand, kind="stable")
+    dv = np.zeros(0) if demand is None else demand[dq]
     dpos = 0
-    while e_flow.size:
-        live = np.flatnonzero(cnt > 0)
+    while rows.size:
+        live = np.flatnonzero(cnt[:n_links] > 0)
         share = (cap[live] - used[live]) / wsum[live]
-        m = float(share.min())
+        m = float(share.min()) if live.size else np.inf
         while dpos < dq.size and frozen[dq[dpos]]:
             dpos += 1
         dmin = float(dv[dpos]) if dpos < dq.size else np.inf
         level = max(min(m, dmin), 0.0)
         if level == np.inf:  # only uncapped flows on infinite-capacity links remain
-            rate[e_flow] = np.inf
-            return
+            rate[rows] = np.inf
+            break
         thr = level * (1.0 + SHARE_RTOL)
+        dead = np.zeros(rows.size, dtype=bool)
         if m <= thr:
-            sat = np.zeros(n_links, dtype=bool)
+            sat = np.zeros(n_links + 1, dtype=bool)
             sat[live[share <= thr]] = True
-            hit = e_flow[sat[e_link]]
-            rate[hit] = level
-            frozen[hit] = True
+            dead = _touches(sat, links)
+            if dmin > thr and dead.all():
+                rate[rows] = level
+                break
+            rate[rows[dead]] = level
+            frozen[rows[dead]] = True
         if dmin <= thr:
-            assert demand is not None
             k = int(np.searchsorted(dv, thr, side="right"))
             capped = dq[dpos:k]
             capped = capped[~frozen[capped]]
+            assert demand is not None
             rate[capped] = np.minimum(demand[capped], level)
             frozen[capped] = True
             dpos = k
-        dead = frozen[e_flow]
-        if dead.all():
-            return
-        dl, df = e_link[dead], e_flow[dead]
-        dw = np.ones(dl.shape[0]) if e_w is None else e_w[dead]
-        cnt -= np.bincount(dl, minlength=n_links)
-        wsum -= np.bincount(dl, dw, minlength=n_links)
-        used += np.bincount(dl, dw * rate[df], minlength=n_links)
-        keep = ~dead
-        e_flow, e_link = e_flow[keep], e_link[keep]
-        e_w = None if e_w is None else e_w[keep]
+            dead = frozen[rows]
+            if dead.all():
+                break
+        di = np.flatnonzero(dead)
+        dl = np.take(links, di, axis=1)
+        dw = None if weights is None else np.take(weights, di, axis=1)
+        dc = _counts(dl, n_links)
+        cnt -= dc
+        wsum -= dc if dw is None else _load(dl, dw, None, n_links)
+        used += _load(dl, dw, rate[rows[di]], n_links)
+        ki = np.flatnonzero(~dead)
+        rows, links = rows[ki], np.take(links, ki, axis=1)
+        weights = None if weights is None else np.take(weights, ki, axis=1)
+    return rate
 
 
 @dataclass(frozen=True)
@@ -236,25 +285,24 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         raise ValueError(f"nbytes must be {inc.n_flows} values >= 0")
     if rtol < 0 or window_frac < 0:
         raise ValueError("rtol and window_frac must be >= 0")
-    flow_of = inc.flow_ids()
     link_bytes = inc.link_load(rem)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(link_bytes > 0, link_bytes / cap, 0.0)
     lower = float(ratio.max()) if ratio.size else 0.0
     finish = np.zeros(inc.n_flows)
-    active = (rem > 0) & (np.diff(inc.indptr) > 0)
-    keep = active[flow_of]
-    e_flow, e_link = flow_of[keep], inc.links[keep]
-    e_w = None if inc.weights is None else inc.weights[keep]
-    act = np.flatnonzero(active)
-    rate = np.empty(inc.n_flows)
+    real = np.ones(cap.shape[0] + 1, dtype=bool)
+    real[-1] = False
+    act = np.flatnonzero((rem > 0) & _touches(real, inc.links))  # a flow on no link takes 0 s
+    links = np.take(inc.links, act, axis=1)
+    weights = None if inc.weights is None else np.take(inc.weights, act, axis=1)
+    rem = rem[act]
     t, events, floor = 0.0, 0, window_frac * lower
+    counts = _counts(links, cap.shape[0])
     while act.size:
-        _fill(cap, e_flow, e_link, e_w, rate, act, None)
+        r = _fill(cap, links, weights, None, counts=counts)
         events += 1
-        r = rate[act]
         with np.errstate(divide="ignore"):
-            tf = rem[act] / r
+            tf = rem / r
         t_min = float(tf.min())
         if t_min == np.inf:
             finish[act] = np.inf
@@ -262,13 +310,11 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         done = tf <= max(t_min + rtol * (t + t_min), t_min + floor)
         dt = float(tf[done].max())
         finish[act[done]] = t + tf[done]
-        run = ~done
-        rem[act[run]] -= r[run] * dt
         t += dt
-        active[act[done]] = False
-        act = act[run]
-        keep = active[e_flow]
-        e_flow, e_link = e_flow[keep], e_link[keep]
-        e_w = None if e_w is None else e_w[keep]
+        run = np.flatnonzero(~done)
+        if run.size:
+            counts -= _counts(np.take(links, np.flatnonzero(done), axis=1), cap.shape[0])
+        act, rem, links = act[run], rem[run] - r[run] * dt, np.take(links, run, axis=1)
+        weights = None if weights is None else np.take(weights, run, axis=1)
     makespan = float(finish.max()) if finish.size else 0.0
     return BatchTimes(finish, makespan, events, link_bytes, lower)

@@ -58,6 +58,12 @@ means within ~2.5 % of ``T pi`` for ``T >= 2`` (up to ~6 % for ``T = 1``, where 
 random expert is picked a little too rarely), marginal variances within ~±7 %, and ``E[max]``
 within 1 %. ``hot_experts`` is exact by construction.
 
+All kinds here are *stationary* (``stationary = True``): every pass is an independent draw from
+one distribution, so the engine may pool ``sample_many`` draws per token count. ``next_pass(T)``
+is ``sample(T)``, for code that treats every routing model alike. The non-stationary and
+cross-layer kinds (``drift``, ``correlated``, ``trace``, ``fitted``) live in
+``moesim.workload.routing_dynamics`` and are built by ``moesim.workload.build_routing``.
+
 ``RoutingLoadCfg.samples_per_shape`` is the engine's business: it keeps that many ``sample`` draws
 per token count and picks among them.
 """
@@ -69,12 +75,15 @@ import numpy as np
 from moesim.config.schema import RoutingLoadCfg
 from moesim.core.errors import ConfigError
 
-__all__ = ["RoutingLoadGenerator", "capped_inclusion"]
+__all__ = ["RoutingLoadGenerator", "capped_inclusion", "counts_from_inclusion"]
 
 _EXACT_BELOW_VAR = 9.0
 """Per-entry variance below which the binomial is drawn exactly instead of the corrected normal."""
 _KAPPA_C = 0.25
 """Strength of the small-batch variance correction ``1 / (1 - c / sqrt(T * sum(v)))``."""
+STATIC_KINDS = ("uniform", "zipf", "hot_experts", "dirichlet")
+"""The ``RoutingLoadCfg.kind`` values this module builds (the rest: ``routing_dynamics``)."""
+_DIRICHLET_FLOOR = 1e-12
 
 
 def capped_inclusion(weights: np.ndarray, top_k: int) -> np.ndarray:
@@ -111,6 +120,9 @@ class RoutingLoadGenerator:
 
     def __init__(self, cfg: RoutingLoadCfg, *, n_layers: int, n_experts: int, top_k: int,
                  rng: np.random.Generator) -> None:
+        if cfg.kind not in STATIC_KINDS:
+            raise ConfigError(f"kind={cfg.kind!r} is built by moesim.workload.build_routing, not "
+                              f"RoutingLoadGenerator (which takes {', '.join(STATIC_KINDS)})", field="routing.kind")
         if n_layers < 1 or n_experts < 1:
             raise ConfigError(f"need n_layers >= 1 and n_experts >= 1, got {n_layers} and {n_experts}",
                               field="model.moe")
@@ -124,27 +136,27 @@ class RoutingLoadGenerator:
         self._rng = rng
         shape = (self.n_layers, self.n_experts)
         self._perm: np.ndarray | None = None  # [L, E]: logical (rank) j of layer l is expert perm[l, j]
-        if cfg.shuffle_per_layer and cfg.kind != "uniform":
+        if cfg.shuffle_per_layer and cfg.kind in ("zipf", "hot_experts"):
             self._perm = np.argsort(rng.random(shape), axis=1, kind="stable")
         if cfg.kind == "uniform":
             pi = np.full(shape, self.top_k / self.n_experts)
         elif cfg.kind == "zipf":
             ranks = np.arange(1, self.n_experts + 1, dtype=np.float64)
             pi = self._to_experts(np.broadcast_to(capped_inclusion(ranks ** -cfg.zipf_s, self.top_k), shape))
+        elif cfg.kind == "dirichlet":
+            shares = rng.dirichlet(np.full(self.n_experts, cfg.dirichlet_alpha), size=self.n_layers)
+            shares = np.maximum(shares, _DIRICHLET_FLOOR * shares.max(axis=1, keepdims=True))
+            pi = np.stack([capped_inclusion(row, self.top_k) for row in shares])
         else:
             pi = self._to_experts(np.broadcast_to(self._hot_inclusion(), shape))
         self.inclusion = pi
         """``float64[L, E]`` probability that a token picks each expert (rows sum to ``k``)."""
         self.inclusion.setflags(write=False)
-        v = pi * (1.0 - pi)
-        self._skew = (1.0 - 2.0 * pi) / 6.0
-        vsum = v.sum(axis=1, keepdims=True)
-        share = np.divide(v, vsum, out=np.zeros_like(v), where=vsum > 0)
-        self._inflate = 1.0 / np.sqrt(np.maximum(1.0 - share, 0.25))
-        self._vsum = np.maximum(vsum, 1e-12)
-        self._random_mask = (v > 0).astype(np.float64)  # degenerate experts never absorb repairs
-        self._v = v
+        self._base = _sampler_params(pi)
         self._tiled: dict[int, tuple[np.ndarray, ...]] = {}
+
+    stationary = True
+    """Every pass is an independent draw from one distribution: pooling draws is exact."""
 
     def __repr__(self) -> str:
         return (f"RoutingLoadGenerator({self.cfg!r}, n_layers={self.n_layers}, n_experts={self.n_experts}, "
@@ -161,6 +173,10 @@ class RoutingLoadGenerator:
         if self.cfg.kind == "hot_experts":
             return self._hot_counts(t)
         return self._random_counts(t)
+
+    def next_pass(self, tokens: int) -> np.ndarray:
+        """The next pass's ``int64[L, E]`` counts; for a stationary model simply ``sample(tokens)``."""
+        return self.sample(tokens)
 
     def sample_many(self, tokens: int, n: int) -> np.ndarray:
         """``n`` independent draws at once: ``int64[n, L, E]`` (same distribution as ``sample``)."""
@@ -186,7 +202,7 @@ class RoutingLoadGenerator:
     def _params(self, reps: int) -> tuple[np.ndarray, ...]:
         """Per-row parameters (inclusion, variance, skew, inflation, row variance, repair mask)
         tiled ``reps`` times along the layer axis: each ``[reps * L, E]`` (row sums ``[reps * L, 1]``)."""
-        base = (self.inclusion, self._v, self._skew, self._inflate, self._vsum, self._random_mask)
+        base = self._base
         if reps == 1:
             return base
         hit = self._tiled.get(reps)
@@ -196,48 +212,7 @@ class RoutingLoadGenerator:
 
     def _random_counts(self, t: int, reps: int = 1) -> np.ndarray:
         """``int64[reps * L, E]``: ``reps`` independent draws stacked along the layer axis."""
-        rng = self._rng
-        pi, v_row, skew, inflate, vsum, mask = self._params(reps)
-        target = float(t * self.top_k)
-        mean = t * pi
-        var = t * v_row
-        exact = var < _EXACT_BELOW_VAR  # includes the degenerate pi in {0, 1}
-        n_exact = int(np.count_nonzero(exact))
-        if n_exact < exact.size:  # corrected normal; exact entries are overwritten below
-            z = rng.standard_normal(pi.shape)
-            dev = np.sqrt(var) * z + skew * (z * z - 1.0)
-        else:
-            dev = np.zeros_like(mean)
-        if n_exact:
-            random = exact & (v_row > 0)
-            if random.all():
-                dev = rng.binomial(t, pi) - mean
-            elif random.any():
-                dev[random] = rng.binomial(t, pi[random]) - mean[random]
-            if n_exact < exact.size:
-                dev[exact & ~random] = 0.0
-        # Restore the variance the sum repair takes away: (1 - s_e)^-1/2 for the projection and
-        # kappa for the shrinkage of the boundary-aware weights (c = 0.25 tuned on zipf/uniform).
-        kappa = 1.0 / (1.0 - np.minimum(0.5, _KAPPA_C / np.sqrt(t * vsum)))
-        x = mean + (inflate * kappa) * dev
-        gap = target - x.sum(axis=1, keepdims=True)
-        weight = np.where(gap > 0, pi * np.maximum(t - x, 0.0), (1.0 - pi) * np.maximum(x, 0.0))
-        wsum = weight.sum(axis=1, keepdims=True)
-        x += gap * np.divide(weight, wsum, out=np.zeros_like(weight), where=wsum > 0)
-        np.clip(x, 0.0, float(t), out=x)
-        gap = target - x.sum(axis=1, keepdims=True)
-        if np.abs(gap).max() > 1e-9 * target:
-            room = np.where(gap > 0, t - x, x) * mask
-            rsum = room.sum(axis=1, keepdims=True)
-            x += gap * np.divide(room, rsum, out=np.zeros_like(room), where=rsum > 0)
-        cum = np.cumsum(x, axis=1)
-        cum += rng.random((reps * self.n_layers, 1))
-        np.floor(cum, out=cum)
-        cum[:, -1] = target
-        counts = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
-        if counts.min() < 0 or counts.max() > t:  # floating-point corner; practically never
-            counts = _repair(counts, t, self.top_k)
-        return counts
+        return _draw_counts(self._params(reps), t, self.top_k, self._rng)
 
     def _hot_counts(self, t: int) -> np.ndarray:
         k, e = self.top_k, self.n_experts
@@ -263,6 +238,79 @@ class RoutingLoadGenerator:
         if cold:
             pi[h:] = (r * (k - min(k, h)) + (1.0 - r) * min(k, cold)) / cold
         return np.clip(pi, 0.0, 1.0)
+
+
+
+def _sampler_params(pi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-row constants of the count sampler for inclusion ``pi[R, E]`` (see the module doc):
+    inclusion, variance, skew, inflation, row variance ``[R, 1]`` and repair mask."""
+    v = pi * (1.0 - pi)
+    skew = (1.0 - 2.0 * pi) / 6.0
+    vsum = v.sum(axis=1, keepdims=True)
+    share = np.divide(v, vsum, out=np.zeros_like(v), where=vsum > 0)
+    inflate = 1.0 / np.sqrt(np.maximum(1.0 - share, 0.25))
+    mask = (v > 0).astype(np.float64)  # degenerate experts never absorb repairs
+    return pi, v, skew, inflate, np.maximum(vsum, 1e-12), mask
+
+
+def counts_from_inclusion(pi: np.ndarray, tokens: int, top_k: int, rng: np.random.Generator) -> np.ndarray:
+    """``int64[R, E]`` counts for ``tokens`` tokens, one row per row of inclusion ``pi[R, E]``.
+
+    ``pi`` rows must sum to ``top_k`` with entries in ``[0, 1]`` (``capped_inclusion`` makes such
+    rows). Rows sum exactly to ``tokens * top_k`` and entries lie in ``[0, tokens]``; the law is
+    the one of the ``zipf`` kind (module doc). Used by the dynamic generators, whose inclusion
+    changes from pass to pass.
+    """
+    p = np.ascontiguousarray(np.atleast_2d(np.asarray(pi, dtype=np.float64)))
+    t = int(tokens)
+    if t <= 0:
+        return np.zeros(p.shape, dtype=np.int64)
+    return _draw_counts(_sampler_params(p), t, int(top_k), rng)
+
+
+def _draw_counts(params: tuple[np.ndarray, ...], t: int, top_k: int, rng: np.random.Generator) -> np.ndarray:
+    """``int64[R, E]`` counts for ``t > 0`` tokens from ``_sampler_params`` rows (steps 1-5 of the module doc)."""
+    pi, v_row, skew, inflate, vsum, mask = params
+    target = float(t * top_k)
+    mean = t * pi
+    var = t * v_row
+    exact = var < _EXACT_BELOW_VAR  # includes the degenerate pi in {0, 1}
+    n_exact = int(np.count_nonzero(exact))
+    if n_exact < exact.size:  # corrected normal; exact entries are overwritten below
+        z = rng.standard_normal(pi.shape)
+        dev = np.sqrt(var) * z + skew * (z * z - 1.0)
+    else:
+        dev = np.zeros_like(mean)
+    if n_exact:
+        random = exact & (v_row > 0)
+        if random.all():
+            dev = rng.binomial(t, pi) - mean
+        elif random.any():
+            dev[random] = rng.binomial(t, pi[random]) - mean[random]
+        if n_exact < exact.size:
+            dev[exact & ~random] = 0.0
+    # Restore the variance the sum repair takes away: (1 - s_e)^-1/2 for the projection and
+    # kappa for the shrinkage of the boundary-aware weights (c = 0.25 tuned on zipf/uniform).
+    kappa = 1.0 / (1.0 - np.minimum(0.5, _KAPPA_C / np.sqrt(t * vsum)))
+    x = mean + (inflate * kappa) * dev
+    gap = target - x.sum(axis=1, keepdims=True)
+    weight = np.where(gap > 0, pi * np.maximum(t - x, 0.0), (1.0 - pi) * np.maximum(x, 0.0))
+    wsum = weight.sum(axis=1, keepdims=True)
+    x += gap * np.divide(weight, wsum, out=np.zeros_like(weight), where=wsum > 0)
+    np.clip(x, 0.0, float(t), out=x)
+    gap = target - x.sum(axis=1, keepdims=True)
+    if np.abs(gap).max() > 1e-9 * target:
+        room = np.where(gap > 0, t - x, x) * mask
+        rsum = room.sum(axis=1, keepdims=True)
+        x += gap * np.divide(room, rsum, out=np.zeros_like(room), where=rsum > 0)
+    cum = np.cumsum(x, axis=1)
+    cum += rng.random((pi.shape[0], 1))
+    np.floor(cum, out=cum)
+    cum[:, -1] = target
+    counts = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
+    if counts.min() < 0 or counts.max() > t:  # floating-point corner; practically never
+        counts = _repair(counts, t, top_k)
+    return counts
 
 
 def _deal(slots: int, group: int) -> np.ndarray:
