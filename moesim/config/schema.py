@@ -142,6 +142,8 @@ class CostCfg(Frozen):
     """Achieved / peak FLOP/s of prefill attention kernels."""
     network_efficiency: float = Field(0.8, gt=0, le=1)
     """Achieved / nominal bandwidth of collectives."""
+    gemm_tile_rows: int = Field(128, ge=1)
+    """Row tile of grouped expert GEMMs: each expert's tokens are padded to a multiple (1 = off)."""
     kernel_overhead_s: Seconds = 4e-6
     """Fixed launch cost per kernel (x kernels per layer)."""
     host_overhead_s: Seconds = 2e-3
