@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from moesim.cli.calibrate import register as register_calibration
 from moesim.core.errors import MoesimError
 
 __all__ = ["main"]
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("scenario", nargs="?", default=None)
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=cmd_config)
+    register_calibration(sub)
     return p
 
 

@@ -365,5 +365,15 @@ class Scenario(Frozen):
     router: RouterCfg = RouterCfg()
     workload: WorkloadCfg = SyntheticWorkloadCfg()
     routing: RoutingLoadCfg = RoutingLoadCfg()
+    placement: PlacementCfg = Field(default_factory=lambda: PlacementCfg())
+    """Expert placement over the EP ranks of each replica."""
+    balance: BalanceCfg = Field(default_factory=lambda: BalanceCfg())
+    """Runtime token balancing of each pass."""
     slo: SloCfg = SloCfg()
     engine: EngineCfg = EngineCfg()
+
+
+# moe.py builds on Frozen above, so its sections are imported last and resolved by a rebuild.
+from moesim.config.moe import BalanceCfg, PlacementCfg  # noqa: E402
+
+Scenario.model_rebuild()

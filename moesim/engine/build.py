@@ -11,12 +11,13 @@ from moesim.config.schema import GpuSpec, ModelSpec, Scenario
 from moesim.config.topology import load_topology
 from moesim.core.errors import ConfigError
 from moesim.hardware.cost import CostModel, build_cost_model
+from moesim.hardware.profile import Profile, ProfileError, load_profile
 from moesim.engine.memory import MemoryBudget, memory_budget
 from moesim.network.collectives import CollectiveCost, SimpleCollectives
 from moesim.network.topology import Topology
 from moesim.spec.model import ModelShape
 
-__all__ = ["Deployment", "ZeroCollectives", "build_deployment", "resolve_gpu", "resolve_model"]
+__all__ = ["Deployment", "ZeroCollectives", "build_deployment", "load_calibration", "resolve_gpu", "resolve_model"]
 
 
 def resolve_model(scenario: Scenario) -> ModelSpec:
@@ -78,6 +79,23 @@ def _check_parallelism(scenario: Scenario, model: ModelSpec, topo: Topology) -> 
             field="deployment.attention_tp")
 
 
+def load_calibration(spec: str | None) -> tuple[Profile | None, str]:
+    """The profile ``hardware.calibration`` names (``PATH`` or ``PATH#graph`` for CUDA-graph timings)."""
+    if spec is None:
+        return None, "eager"
+    path, _, mode = spec.partition("#")
+    mode = mode or "eager"
+    if mode not in ("eager", "graph"):
+        raise ConfigError(f"unknown timing mode {mode!r} after '#'; use PATH, PATH#eager or PATH#graph",
+                          field="hardware.calibration")
+    try:
+        profile = load_profile(path)
+        profile.tables(mode)
+    except ProfileError as e:
+        raise ConfigError(str(e).removeprefix("hardware.calibration: "), field="hardware.calibration") from e
+    return profile, mode
+
+
 def build_deployment(scenario: Scenario) -> Deployment:
     """Resolve presets, check parallelism and memory, build cost and network models."""
     model, gpu = resolve_model(scenario), resolve_gpu(scenario)
@@ -86,9 +104,12 @@ def build_deployment(scenario: Scenario) -> Deployment:
     _check_parallelism(scenario, model, topo)
     shape = ModelShape.build(model, weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
                              activation_dtype=dep.activation_dtype)
-    budget = memory_budget(shape, gpu, dep, scenario.scheduler)
+    budget = memory_budget(shape, gpu, dep, scenario.scheduler,
+                           redundant_experts=scenario.placement.redundant_experts)
     cost_cfg = scenario.hardware.cost
-    cost = build_cost_model(gpu, cost_cfg, weight_dtype=dep.weight_dtype, activation_dtype=dep.activation_dtype)
+    profile, mode = load_calibration(scenario.hardware.calibration)
+    cost = build_cost_model(gpu, cost_cfg, weight_dtype=dep.weight_dtype, activation_dtype=dep.activation_dtype,
+                            profile=profile, profile_mode=mode)
     coll: CollectiveCost = (ZeroCollectives() if cost_cfg.kind == "constant"
                             else SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency,
                                                all_reduce_algorithm="auto"))

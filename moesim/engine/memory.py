@@ -26,14 +26,16 @@ class MemoryBudget:
     """Tokens of KV cache one attention-DP group can hold (each of its GPUs holds its share)."""
 
 
-def weight_bytes_per_gpu(shape: ModelShape, dep: DeploymentCfg) -> float:
-    """Weights one GPU holds: attention/dense/shared/embeddings split by attention TP, experts by EP×expert-TP."""
+def weight_bytes_per_gpu(shape: ModelShape, dep: DeploymentCfg, redundant_experts: int = 0) -> float:
+    """Weights one GPU holds: attention/dense/shared/embeddings split by attention TP, experts
+    (plus ``redundant_experts`` replica slots per layer) by EP x expert-TP."""
     m = shape.model
     tp_sharded = (m.n_layers * shape.attn_params + shape.n_dense_layers * shape.dense_ffn_params
                   + m.n_moe_layers * (shape.shared_params + shape.router_params) + shape.embedding_params)
     experts = 0.0
     if m.moe is not None:
-        experts = m.n_moe_layers * (m.moe.n_routed_experts / dep.ep) * shape.expert_params / dep.expert_tp
+        experts = (m.n_moe_layers * ((m.moe.n_routed_experts + redundant_experts) / dep.ep)
+                   * shape.expert_params / dep.expert_tp)
     return (tp_sharded / dep.attention_tp + experts) * shape.weight_bytes_per_param
 
 
@@ -50,10 +52,11 @@ def activation_bytes_per_gpu(shape: ModelShape, dep: DeploymentCfg, sched: Sched
     return sched.max_batched_tokens * per_token + logits
 
 
-def memory_budget(shape: ModelShape, gpu: GpuSpec, dep: DeploymentCfg, sched: SchedulerCfg) -> MemoryBudget:
+def memory_budget(shape: ModelShape, gpu: GpuSpec, dep: DeploymentCfg, sched: SchedulerCfg, *,
+                  redundant_experts: int = 0) -> MemoryBudget:
     """Budget of one GPU; CapacityError naming the fix when the model does not fit."""
     usable = gpu.hbm_bytes * sched.gpu_memory_utilization
-    weights = weight_bytes_per_gpu(shape, dep)
+    weights = weight_bytes_per_gpu(shape, dep, redundant_experts)
     acts = activation_bytes_per_gpu(shape, dep, sched)
     kv = usable - weights - acts
     per_token = shape.kv_bytes_per_token_per_gpu(dep.attention_tp)

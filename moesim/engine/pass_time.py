@@ -20,24 +20,9 @@ from moesim.config.schema import DeploymentCfg
 from moesim.hardware.cost import CostModel
 from moesim.network.collectives import CollectiveCost
 from moesim.spec.model import ModelShape
-from moesim.workload.routing_load import RoutingLoadGenerator
+from moesim.engine.moe_pool import MoePool, MoeRuntime
 
-__all__ = ["GroupBatch", "MoePool", "PassCostModel"]
-
-
-@dataclass(frozen=True)
-class MoePool:
-    """Routing samples for one token count and their costs.
-
-    counts: ``[S, moe_layers, experts]`` (token, slot) pairs; rank_load: ``[S, moe_layers, ep]``;
-    time_s: ``[S]`` routed-expert time of the whole pass (dispatch + slowest rank + combine);
-    imbalance: ``[S]`` mean over layers of max/mean rank load.
-    """
-
-    counts: np.ndarray
-    rank_load: np.ndarray
-    time_s: np.ndarray
-    imbalance: np.ndarray
+__all__ = ["GroupBatch", "PassCostModel"]
 
 
 @dataclass
@@ -66,12 +51,10 @@ class PassCostModel:
     """Pass time of a replica occupying ``gpus`` (global GPU ids, consecutive)."""
 
     def __init__(self, *, shape: ModelShape, deployment: DeploymentCfg, cost: CostModel,
-                 collectives: CollectiveCost, gpus: tuple[int, ...],
-                 routing: RoutingLoadGenerator | None, samples: int) -> None:
+                 collectives: CollectiveCost, gpus: tuple[int, ...], moe: MoeRuntime | None) -> None:
         self.shape, self.dep, self.cost, self.coll = shape, deployment, cost, collectives
         self.gpus = gpus
-        self.routing = routing
-        self.samples = samples
+        self.moe = moe
         m = shape.model
         t = deployment.attention_tp
         self.tp_group = gpus[:t]
@@ -83,7 +66,7 @@ class PassCostModel:
         self.fpp_decode = shape.attn_flops_per_pair(decode=True) * heads_share
         self.fpp_prefill = shape.attn_flops_per_pair(decode=False) * heads_share
         self._static: dict[tuple[int, int], float] = {}
-        self._moe: dict[int, MoePool] = {}
+        self._no_moe: MoePool | None = None
 
     # ------------------------------------------------------------------ token-count parts
     def group_static_s(self, tokens: int, seqs: int) -> float:
@@ -111,37 +94,14 @@ class PassCostModel:
         return value
 
     def moe_pool(self, tokens: int) -> MoePool:
-        """Routing samples and routed-expert costs for a pass of ``tokens`` tokens (cached)."""
-        pool = self._moe.get(tokens)
-        if pool is None:
-            pool = self._build_pool(tokens)
-            self._moe[tokens] = pool
-        return pool
-
-    def _build_pool(self, tokens: int) -> MoePool:
-        m, dep = self.shape.model, self.dep
-        if m.moe is None or self.routing is None or tokens == 0:
-            z = np.zeros(self.samples)
-            return MoePool(np.zeros((self.samples, 0, 0), np.int64), np.zeros((self.samples, 0, dep.ep), np.int64),
-                           z, np.ones(self.samples))
-        counts = self.routing.sample_many(tokens, self.samples)                          # [S, L, E]
-        s, n_layers, n_exp = counts.shape
-        local = counts.reshape(s, n_layers, dep.ep, n_exp // dep.ep)                     # [S, L, ep, E/ep]
-        rank_load = local.sum(axis=-1)                                                  # [S, L, ep]
-        expert_s = self.cost.grouped_ffn_s(local, self.hidden, m.moe.expert_intermediate // dep.expert_tp)
-        slowest = expert_s.max(axis=-1)                                                 # [S, L]
-        a2a = self.coll.all_to_all_s(self.gpus, self._dispatch_bytes(rank_load))        # [S, L]
-        time_s = (slowest + 2.0 * a2a).sum(axis=-1)
-        mean = rank_load.mean(axis=-1)
-        imbalance = np.where(mean > 0, rank_load.max(axis=-1) / np.maximum(mean, 1e-12), 1.0).mean(axis=-1)
-        return MoePool(counts, rank_load, time_s, imbalance)
-
-    def _dispatch_bytes(self, rank_load: np.ndarray) -> np.ndarray:
-        """``[..., G, G]`` dispatch bytes: tokens start spread evenly over the replica's GPUs and
-        each (token, slot) goes to every GPU of its expert's EP rank (expert TP shards)."""
-        g, etp = len(self.gpus), self.dep.expert_tp
-        recv = np.repeat(rank_load, etp, axis=-1) * (self.hidden * self.shape.act_bytes_per_elem)   # [..., G]
-        return np.broadcast_to((recv / g)[..., None, :], recv.shape[:-1] + (g, g))
+        """Routing draws and routed-expert costs for a pass of ``tokens`` tokens (cached)."""
+        if self.moe is not None and tokens > 0:
+            return self.moe.pool(tokens)
+        if self._no_moe is None:
+            z, n = np.zeros(1), np.zeros((1, 0, 0), np.int64)
+            self._no_moe = MoePool(n, n, z, np.ones(1), np.ones(1), np.zeros(1, np.int64), z, z,
+                                   np.zeros((1, 0)))
+        return self._no_moe
 
     # ------------------------------------------------------------------ attention core
     def _decode_core_s(self, ctx: np.ndarray, steps: int) -> np.ndarray:
@@ -200,4 +160,5 @@ class PassCostModel:
             side = cost if first else np.maximum(side, cost)
             first = False
         pool = self.moe_pool(tokens)
-        return self.cost.host_overhead_s + side + pool.time_s[sample_idx]
+        moe_s = pool.time_s[sample_idx] if self.moe is not None and tokens > 0 else 0.0
+        return self.cost.host_overhead_s + side + moe_s

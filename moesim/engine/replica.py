@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moesim.engine.moe_pool import MoeStats
 from moesim.engine.pass_time import GroupBatch
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from moesim.config.schema import SchedulerCfg
     from moesim.engine.pass_time import PassCostModel
+    from moesim.engine.replan import Replanner
     from moesim.engine.sampler import PassSampler
     from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
     from moesim.workload.types import RequestSet
@@ -65,7 +67,7 @@ class Replica:
     def __init__(self, *, index: int, env: simpy.Environment, cfg: SchedulerCfg, pcm: PassCostModel,
                  sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
                  queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
-                 fast_forward: bool, horizon_s: float | None) -> None:
+                 fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None) -> None:
         self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler
         self.req, self.log, self.passes, self.queue = requests, log, passes, queue
         self.dp = dp_groups
@@ -80,6 +82,11 @@ class Replica:
         self.outstanding = 0
         self.events = 0
         self.wake: simpy.Event | None = None
+        moe = pcm.moe
+        self.moe_stats = (MoeStats(*moe.placement.phy2log.shape[:1], moe.placement.n_experts, moe.placement.n_gpus)
+                          if moe is not None else None)
+        self.replanner = replanner
+        self.clock = 0.0
         self.process = env.process(self.serve())
 
     # ------------------------------------------------------------------ arrivals
@@ -215,28 +222,45 @@ class Replica:
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
+                self.clock = env.now
                 continue
+            if self.replanner is not None and self.replanner.due(self.clock):
+                pause = self.replanner.apply(self.clock, self.moe_stats)
+                if pause > 0:
+                    self.events += 1
+                    self.clock += pause
+                    yield env.timeout(max(0.0, self.clock - env.now))
             plan = self.schedule()
             k = self._run_length(plan)
             groups = self._groups(plan)
             first = self.passes.passes
             idx = self.sampler.indices(first, k)
             durs = self.pcm.pass_times(groups, k, idx)
-            ends = np.cumsum(np.concatenate(([env.now], durs)))[1:]
-            if k > 1 and self.horizon is not None:
-                k = max(1, int(np.searchsorted(ends, self.horizon, side="right")))
+            ends = np.cumsum(np.concatenate(([self.clock], durs)))[1:]
+            if k > 1:
+                k = self._cap_at_boundaries(ends, durs, k)
             self.events += 1
             if k == 1:
-                yield env.timeout(ends[0] - env.now)
+                yield env.timeout(max(0.0, ends[0] - env.now))
             else:
                 self.wake = env.event()
-                yield env.any_of([env.timeout(ends[k - 1] - env.now), self.wake])
+                yield env.any_of([env.timeout(max(0.0, ends[k - 1] - env.now)), self.wake])
                 self.wake = None
                 if env.now < ends[k - 1]:
                     k = int(np.searchsorted(ends, env.now, side="left")) + 1
                     self.events += 1
-                    yield env.timeout(ends[k - 1] - env.now)
+                    yield env.timeout(max(0.0, ends[k - 1] - env.now))
+            self.clock = float(ends[k - 1])
             self._commit(plan, groups, k, durs[:k], ends[:k], idx[:k])
+
+    def _cap_at_boundaries(self, ends: np.ndarray, durs: np.ndarray, k: int) -> int:
+        """Shorten a run so it neither ends past the horizon nor starts a pass after a re-plan is due."""
+        if self.horizon is not None:
+            k = max(1, int(np.searchsorted(ends[:k], self.horizon, side="right")))
+        if self.replanner is not None:
+            starts = ends[:k] - durs[:k]
+            k = max(1, int(np.searchsorted(starts, self.replanner.next_due_s, side="left")))
+        return k
 
     def _commit(self, plan: Plan, groups: list[GroupBatch], k: int, durs: np.ndarray, ends: np.ndarray,
                 idx: np.ndarray) -> None:
@@ -252,9 +276,14 @@ class Replica:
             steps = np.arange(k)
             grow = np.maximum(-(-(ctx[None, :] + steps[:, None] + 1) // self.block), held[None, :]) - held[None, :]
             kv = kv0 + grow.sum(axis=1)
+        if self.moe_stats is not None and tokens > 0:
+            imbalance, comm = self.moe_stats.record(self.pcm.moe_pool(tokens), idx)
+        else:
+            imbalance, comm = np.ones(k), np.zeros(k)
         self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
                         prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
-                        kv_blocks=kv, tokens=np.full(k, tokens), sample=idx)
+                        kv_blocks=kv, tokens=np.full(k, tokens), sample=idx, imbalance=imbalance,
+                        moe_comm_s=comm)
         now = float(ends[-1])
         gen = self.log.generated
         for s in plan.decode:

@@ -15,9 +15,13 @@ from moesim.config.load import scenario_hash
 from moesim.config.schema import Scenario
 from moesim.core.rng import RngStreams
 from moesim.engine.build import Deployment, build_deployment
+from moesim.engine.moe_setup import build_moe_runtime, plan_placement
+from moesim.engine.moe_summary import moe_outcome
+from moesim.engine.replan import Replanner
 from moesim.engine.pass_time import PassCostModel
 from moesim.engine.replica import Replica
 from moesim.engine.sampler import PassSampler
+from moesim.hardware.calibrated import CalibratedCost
 from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
 from moesim.metrics.result import RunResult
 from moesim.metrics.summary import batch_histogram, request_kpis, request_table, timeseries_table
@@ -31,23 +35,25 @@ Progress = Callable[[float, float], None]
 
 
 def _pass_models(scenario: Scenario, d: Deployment, streams: RngStreams) -> list[PassCostModel]:
-    """One PassCostModel per replica; replicas on identical network positions share one (and its
-    caches), which is exact because their costs are then identical."""
+    """One PassCostModel per replica. Replicas on identical network positions share one (and its
+    caches), which is exact because their costs are then identical — unless placements are
+    re-planned from each replica's own observations, when every replica keeps its own."""
     m = d.model
     routing = None
     if m.moe is not None:
         routing = RoutingLoadGenerator(scenario.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
                                        top_k=m.moe.top_k, rng=streams.get("routing"))
+    share = scenario.placement.replan_interval_s is None
     models: list[PassCostModel] = []
     seen: dict[bytes, PassCostModel] = {}
     topo = d.topology
     for gpus in d.replica_gpus:
         ix = np.ix_(gpus, gpus)
         key = topo.bottleneck_bytes_per_s[ix].tobytes() + topo.latency_s[ix].tobytes()
-        if key not in seen:
+        if not share or key not in seen:
+            moe = build_moe_runtime(scenario, d, gpus, routing) if routing is not None else None
             seen[key] = PassCostModel(shape=d.shape, deployment=scenario.deployment, cost=d.cost,
-                                      collectives=d.collectives, gpus=gpus, routing=routing,
-                                      samples=scenario.routing.samples_per_shape)
+                                      collectives=d.collectives, gpus=gpus, moe=moe)
         models.append(seen[key])
     return models
 
@@ -69,7 +75,8 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                 sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
                 requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
-                fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s)
+                fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s,
+                replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i]))
         for i in range(dep.replicas)
     ]
     router = ROUTERS.build(scenario.router.kind)
@@ -80,12 +87,15 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     requests = request_table(req.arrival_s, req.prompt_tokens, req.output_tokens, log,
                              ttft_slo_s=scenario.slo.ttft_s, tpot_slo_s=scenario.slo.tpot_s)
     summary = _summary(scenario, d, requests, pass_logs, pcms, replicas, sim_time)
-    expert, rank, imb = _expert_tables(pass_logs, pcms)
-    summary["expert_imbalance_mean"] = (float(np.average(imb["imbalance_mean"], weights=imb["weight"]))
-                                        if d.model.moe is not None and imb["weight"].sum() > 0 else None)
+    if isinstance(d.cost, CalibratedCost):
+        summary.update(calibration_summary(d.cost, summary))
+    busy = float(sum(p.column("duration_s").sum() for p in pass_logs))
+    moe = moe_outcome(replicas, busy)
+    summary["expert_imbalance_mean"] = None
+    summary.update(moe.summary)
     provenance = {
         "moesim_version": moesim.__version__, "seed": scenario.seed, "scenario_hash": scenario_hash(scenario),
-        "calibration_hashes": {}, "cost_model": d.cost.name, "network_model": type(d.collectives).__name__,
+        "calibration_hashes": _calibration_hashes(scenario, d), "cost_model": d.cost.name, "network_model": type(d.collectives).__name__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - wall0, 3),
     }
@@ -96,8 +106,49 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
         config=config, provenance=provenance, summary=summary, requests=requests,
         timeseries=timeseries_table(pass_logs, queue, kv_capacity_blocks=kv_blocks * dep.attention_dp,
                                     bin_s=scenario.engine.timeseries_bin_s, end_s=max(sim_time, 1e-9)),
-        batch_hist=batch_histogram(pass_logs), expert_load=expert, rank_load=rank,
-        imbalance=imb.drop(columns="weight"))
+        batch_hist=batch_histogram(pass_logs), expert_load=moe.expert_load, rank_load=moe.rank_load,
+        imbalance=moe.imbalance, placements=moe.placements, migrations=moe.migrations)
+
+
+def _calibration_hashes(scenario: Scenario, d: Deployment) -> dict[str, str]:
+    if isinstance(d.cost, CalibratedCost) and scenario.hardware.calibration:
+        return {scenario.hardware.calibration: d.cost.profile_hash}
+    return {}
+
+
+BAND_KEYS = ("ttft_p50_s", "tpot_p50_s", "e2e_p50_s", "output_tokens_per_s")
+"""Headline KPIs that get a ± band from the calibration's measured spread."""
+
+
+def calibration_summary(cost: CalibratedCost, summary: dict[str, object]) -> dict[str, object]:
+    """Out-of-domain query counts per op, and a first-order ± band on headline KPIs.
+
+    The band scales each KPI by the time-weighted relative spread of the operator measurements
+    (errors taken as fully correlated); queueing can amplify pass-time changes, so treat it as
+    the measurement's contribution, not a confidence interval of the whole run.
+    """
+    ood, queries = cost.out_of_domain, cost.queries
+    spread = cost.effective_spread()
+    out: dict[str, object] = {
+        "calibration_queries": int(sum(queries.values())),
+        "calibration_out_of_domain": int(sum(ood.values())),
+        "calibration_spread_rel": float(spread),
+    }
+    out.update({f"calibration_out_of_domain_{op}": int(n) for op, n in ood.items()})
+    for k in BAND_KEYS:
+        v = summary.get(k)
+        if isinstance(v, (int, float)):
+            out[f"{k}_pm"] = float(abs(v) * spread)
+    return out
+
+
+def _replanner(scenario: Scenario, d: Deployment, pcm: PassCostModel, gpus: tuple[int, ...]) -> Replanner | None:
+    pc = scenario.placement
+    if pc.replan_interval_s is None or pcm.moe is None:
+        return None
+    return Replanner(interval_s=pc.replan_interval_s, delay_s=pc.replan_delay_s, ema_decay=pc.ema_decay,
+                     planner=lambda load: plan_placement(scenario, d, gpus, load), moe=pcm.moe,
+                     collectives=d.collectives)
 
 
 def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, replicas: list[Replica], router: object):  # noqa: ANN202
@@ -150,30 +201,3 @@ def _summary(scenario: Scenario, d: Deployment, requests: pd.DataFrame, pass_log
     return s
 
 
-def _expert_tables(pass_logs: list[PassLog], pcms: list[PassCostModel]) -> tuple[list[np.ndarray], list[np.ndarray], pd.DataFrame]:
-    """Per replica: total expert load ``[L, E]``, rank load ``[L, ep]``, and token-weighted imbalance."""
-    expert, rank, rows = [], [], []
-    for r, (log, pcm) in enumerate(zip(pass_logs, pcms)):
-        tokens = log.column("tokens").astype(np.int64)
-        sample = log.column("sample").astype(np.int64)
-        e_tot = r_tot = None
-        imb_vals, imb_w = [], []
-        for t in np.unique(tokens):
-            pool = pcm.moe_pool(int(t))
-            if pool.counts.shape[1] == 0:
-                continue
-            uses = np.bincount(sample[tokens == t], minlength=pool.counts.shape[0])
-            e = np.tensordot(uses, pool.counts, axes=1)
-            rl = np.tensordot(uses, pool.rank_load, axes=1)
-            e_tot = e if e_tot is None else e_tot + e
-            r_tot = rl if r_tot is None else r_tot + rl
-            imb_vals.append(np.repeat(pool.imbalance, uses))
-            imb_w.append(np.full(int(uses.sum()), float(t)))
-        if e_tot is None:
-            continue
-        v, w = np.concatenate(imb_vals), np.concatenate(imb_w)
-        expert.append(e_tot)
-        rank.append(r_tot)
-        rows.append({"replica": r, "imbalance_mean": float(np.average(v, weights=w)),
-                     "imbalance_p99": float(np.percentile(v, 99)), "weight": float(w.sum())})
-    return expert, rank, pd.DataFrame(rows, columns=["replica", "imbalance_mean", "imbalance_p99", "weight"])

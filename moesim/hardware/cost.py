@@ -3,7 +3,7 @@
 Every method is vectorised: token-count arguments may be numpy arrays of any shape and the
 result has that shape. Implementations: ``RooflineCost`` (max of compute and memory time with
 efficiency factors), ``ConstantCost`` (zero per operator, a fixed time per pass: for tests and
-queueing checks). The calibration issue adds a table-driven model behind the same protocol.
+queueing checks), ``CalibratedCost`` (``hardware/calibrated.py``: measured tables from a profile).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from moesim.config.schema import DTYPE_BYTES, CostCfg, GpuSpec
+from moesim.hardware.calibrated import CalibratedCost
+from moesim.hardware.profile import Profile
 
 __all__ = ["ConstantCost", "CostModel", "RooflineCost", "build_cost_model"]
 
@@ -130,8 +132,12 @@ class ConstantCost:
         return self._zero(nbytes)
 
 
-def build_cost_model(gpu: GpuSpec, cfg: CostCfg, *, weight_dtype: str, activation_dtype: str) -> CostModel:
-    """The cost model ``cfg.kind`` names."""
+def build_cost_model(gpu: GpuSpec, cfg: CostCfg, *, weight_dtype: str, activation_dtype: str,
+                     profile: Profile | None = None, profile_mode: str = "eager") -> CostModel:
+    """The cost model ``cfg.kind`` names; with a calibration ``profile``, the calibrated model."""
     if cfg.kind == "constant":
         return ConstantCost(cfg)
+    if profile is not None:
+        return CalibratedCost(profile, gpu=gpu, weight_dtype=weight_dtype, activation_dtype=activation_dtype,
+                              host_overhead_s=cfg.host_overhead_s, mode=profile_mode)
     return RooflineCost(gpu, cfg, weight_dtype=weight_dtype, activation_dtype=activation_dtype)

@@ -19,8 +19,8 @@ Layout (``schema_version`` 1)::
       "content_hash": "sha256:<hex>"        # of everything above, canonical JSON
     }
 
-Every sample row carries ``median_s``, ``spread`` (relative half-width of the central 80 % of its
-repetitions, (p90 - p10) / (2 median)) and ``reps``; the op-specific keys are listed in
+Every sample row carries ``median_s``, ``spread`` (relative half inter-quartile range of its
+repetitions, (q75 - q25) / (2 median)) and ``reps``; the op-specific keys are listed in
 ``SAMPLE_KEYS``. Times are seconds, sizes bytes, as everywhere in moesim.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 from moesim.core.errors import ConfigError
 
 __all__ = [
-    "FORMAT", "SAMPLE_KEYS", "SCHEMA_VERSION", "Profile", "ProfileError", "content_hash", "load_profile",
+    "FORMAT", "PROVENANCE_KEYS", "SAMPLE_KEYS", "SCHEMA_VERSION", "Profile", "ProfileError", "content_hash", "load_profile",
     "parse_profile", "seal", "write_profile",
 ]
 

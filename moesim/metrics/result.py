@@ -31,8 +31,13 @@ class RunResult:
         batch_hist: one row per (replica, batch_size): ``replica, batch_size, passes``.
         expert_load: per replica, ``[moe_layers, experts]`` int64 total routed (token, slot) pairs.
         rank_load: per replica, ``[moe_layers, ep_ranks]`` int64 total (token, slot) pairs per rank.
-        imbalance: one row per replica: ``replica, imbalance_mean, imbalance_p99`` where imbalance is
-            max/mean rank load of a layer in a pass, token-weighted over passes and layers.
+        imbalance: one row per replica: ``replica, imbalance_mean, imbalance_p99,
+            imbalance_routed_mean`` where imbalance is max/mean EP-rank load of a layer in a pass
+            after balancing (token-weighted over passes, averaged over layers), and the routed one
+            is that of the replica's total load under its final placement before balancing.
+        placements: per replica, ``[moe_layers, slots]`` logical expert in each physical slot of
+            the placement in force at the end (rank r holds slots r*S .. (r+1)*S-1).
+        migrations: one row per placement change: ``replica, time_s, bytes, pause_s``.
     """
 
     config: dict[str, Any]
@@ -44,6 +49,8 @@ class RunResult:
     expert_load: list[np.ndarray] = field(default_factory=list)
     rank_load: list[np.ndarray] = field(default_factory=list)
     imbalance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    placements: list[np.ndarray] = field(default_factory=list)
+    migrations: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_json_dict(self) -> dict[str, Any]:
         """What ``run.json`` holds: config, provenance and summary."""

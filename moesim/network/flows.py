@@ -5,7 +5,10 @@
 ``topology.graph``: every shortest-hop path between the two GPUs (``networkx.all_shortest_paths``),
 at most ``max_paths`` of them in networkx's enumeration order (a cap against path explosion; with
 more equal-cost paths only the first ``max_paths`` share the flow), the flow split evenly over them
-(fractional incidence, see ``maxmin``). Paths are cached per (src, dst) pair, and the incidence of a
+(fractional incidence, see ``maxmin``) or, with ``ecmp="hash"``, sent on one of them. Note that the
+graph lets GPUs forward (rail topologies without a spine rely on it), so on ``h100-4node-rail`` a
+cross-rail transfer has two equal-cost paths over two different NICs and ``split`` gives it twice
+one NIC's bandwidth. Paths are cached per (src, dst) pair, and the incidence of a
 whole group (all its ordered pairs) per group.
 
 **Time of a batch.** The flows of a batch start together; ``maxmin.simulate_batch`` gives each
@@ -58,10 +61,12 @@ class Routes:
 class GraphRouter:
     """ECMP shortest-hop routes on ``topology.graph``; its links are the graph's directed edges."""
 
-    def __init__(self, topology: Topology, *, max_paths: int = 64) -> None:
+    def __init__(self, topology: Topology, *, max_paths: int = 64, ecmp: str = "split") -> None:
         if max_paths < 1:
             raise ValueError(f"max_paths must be >= 1, got {max_paths}")
-        self.topology, self.max_paths = topology, max_paths
+        if ecmp not in ("split", "hash"):
+            raise ValueError(f"ecmp must be 'split' or 'hash', got {ecmp!r}")
+        self.topology, self.max_paths, self.ecmp = topology, max_paths, ecmp
         graph = topology.graph
         self.edges: list[tuple[str, str]] = list(graph.edges)
         self._index = {e: i for i, e in enumerate(self.edges)}
@@ -80,6 +85,8 @@ class GraphRouter:
                 names = self.topology.gpu_names
                 paths = list(islice(nx.all_shortest_paths(self.topology.graph, names[src], names[dst]),
                                     self.max_paths))
+                if self.ecmp == "hash":  # one path per pair, picked by a fixed hash of (src, dst)
+                    paths = [paths[(src * 1_000_003 + dst) % len(paths)]]
                 ids = [np.array([self._index[e] for e in zip(p[:-1], p[1:])]) for p in paths]
                 links, inverse = np.unique(np.concatenate(ids), return_inverse=True)
                 weights = np.bincount(inverse, minlength=links.size) / len(paths)
@@ -170,19 +177,21 @@ class FlowNetwork:
         per_message_latency_s: software cost per batch (launch, handshake), s.
         rtol, window_frac: completion coalescing of ``maxmin.simulate_batch``.
         max_paths: ECMP paths enumerated per pair by ``GraphRouter``.
+        ecmp: ``GraphRouter``'s use of equal-cost paths: ``split`` evenly over them, or ``hash``
+            (one path per pair, a fixed function of (src, dst), as per-flow ECMP hashing does).
         cache_size: batch shapes kept (LRU).
     """
 
     def __init__(self, topology: Any, *, efficiency: float = 1.0, per_message_latency_s: float = 0.0,
                  rtol: float = 1e-3, window_frac: float = 1e-2, max_paths: int = 64,
-                 cache_size: int = 256) -> None:
+                 ecmp: str = "split", cache_size: int = 256) -> None:
         if not 0.0 < efficiency <= 1.0:
             raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
         if per_message_latency_s < 0:
             raise ValueError(f"per_message_latency_s must be >= 0, got {per_message_latency_s}")
         make = getattr(topology, "flow_router", None)
         self.topology = topology
-        self.router = make() if callable(make) else GraphRouter(topology, max_paths=max_paths)
+        self.router = make() if callable(make) else GraphRouter(topology, max_paths=max_paths, ecmp=ecmp)
         self.nominal_bytes_per_s = self.router.capacity_bytes_per_s
         self.capacity_bytes_per_s = self.nominal_bytes_per_s * efficiency
         self.tier: np.ndarray = self.router.tier
@@ -251,7 +260,12 @@ class FlowNetwork:
         prof = self._profiles.get(key)
         if prof is None:
             self.cache_misses += 1
-            prof = self.simulate(self.group_routes(group), shape.ravel().astype(np.float64))
+            nz = np.flatnonzero(shape)
+            if 4 * nz.size < shape.size:  # sparse (rings, p2p): route only the flows that move
+                g = np.asarray(group, np.int64)
+                prof = self.simulate(self.routes(g[nz // n], g[nz % n]), shape.ravel()[nz].astype(np.float64))
+            else:
+                prof = self.simulate(self.group_routes(group), shape.ravel().astype(np.float64))
             self._profiles[key] = prof
             while len(self._profiles) > self.cache_size:
                 self._profiles.popitem(last=False)
@@ -261,6 +275,19 @@ class FlowNetwork:
         if account:
             self.account(prof, scale)
         return prof, scale
+
+    def transfer_flows(self, src: ArrayLike, dst: ArrayLike, nbytes: ArrayLike, *,
+                       account: bool = True) -> Profile:
+        """Simultaneous flows ``src[k] → dst[k]`` of ``nbytes[k]`` bytes (uncached; any number of
+        groups at once); the batch takes ``profile.time_s()`` seconds."""
+        b = np.asarray(nbytes, dtype=np.float64).ravel()
+        s, d = np.asarray(src, np.int64).ravel(), np.asarray(dst, np.int64).ravel()
+        if b.shape != s.shape or np.any(b < 0) or not np.all(np.isfinite(b)):
+            raise ValueError("nbytes must give one finite value >= 0 per flow")
+        prof = self.simulate(self.routes(s, d), np.where(s == d, 0.0, b))
+        if account:
+            self.account(prof)
+        return prof
 
     def transfer_time_s(self, pair_bytes: ArrayLike, group: tuple[int, ...]) -> float:
         """Seconds until every flow ``pair_bytes[i, j]`` (group[i] → group[j]) has landed."""

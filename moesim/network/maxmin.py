@@ -26,15 +26,17 @@ which no flow has a larger rate. A round costs ``O(L)`` plus ``O(slots of unfroz
 flows are dropped, so the work shrinks as flows freeze.
 
 **Completions** (``simulate_batch``). Flows of given sizes start together; rates are re-solved when
-flows finish. To bound the number of re-solves, completions are coalesced: at each event the flows
-finishing by ``(t + t_min)(1 + rtol)`` or by ``t + t_min + window_frac · LB`` finish in that event
-(``t_min``: earliest finish under the current rates, ``LB``: the largest link load / capacity, a
-lower bound of the makespan); everyone runs at the current rates until the last of them finishes,
-then rates are re-solved. Finish times are exact under the rates in force, so the result is exact
-when no two distinct completions fall in one window; otherwise the bandwidth a flow frees is
-handed on up to one window late. Windows do not overlap while rates stay put, so there are about
-``makespan / (window_frac · LB)`` events at most (``window_frac = 0``: one event per distinct
-completion time).
+flows finish. To bound the number of re-solves, completions are coalesced into windows: at each
+event the flows finishing by ``(t + t_min)(1 + rtol)`` or by ``t + t_min + window_frac · LB`` leave
+together (``t_min``: earliest finish under the current rates; ``LB``: the largest link bytes /
+capacity, a lower bound of the makespan). Each flow's finish time is exact under the rates in
+force; the window's flows stop loading links at the midpoint between its first and last finish, so
+the earlier ones hold their share a little too long and the later ones free it a little early,
+errors that largely cancel; then rates are re-solved. With one distinct finish time per window
+(``window_frac = rtol = 0``) this is the exact event loop. There are at most about
+``makespan / (window_frac · LB / 2)`` events. Measured against the exact loop (128-GPU fat-tree,
+per-destination lognormal all-to-all, 16,246 exact events): makespan +0.03 % at
+``window_frac = 1e-3`` (674 events), +0.5 % at the default ``1e-2`` (109 events), +3 % at 0.1.
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
             finish[act] = np.inf
             break
         done = tf <= max(t_min + rtol * (t + t_min), t_min + floor)
-        dt = float(tf[done].max())
+        dt = 0.5 * (t_min + float(tf[done].max()))
         finish[act[done]] = t + tf[done]
         t += dt
         run = np.flatnonzero(~done)

@@ -7,6 +7,7 @@ import pytest
 
 from moesim.config.load import load_scenario
 from moesim.engine.build import ZeroCollectives, build_deployment
+from moesim.engine.moe_setup import build_moe_runtime
 from moesim.engine.pass_time import GroupBatch, PassCostModel
 from moesim.engine.run import run
 
@@ -45,7 +46,7 @@ def test_memory_bound_decode_takes_weight_bytes_over_bandwidth() -> None:
                                    "deployment.attention_tp=8", "deployment.ep=8", "hardware.cost.kernel_overhead_s=0"])
     d = build_deployment(sc)
     pcm = PassCostModel(shape=d.shape, deployment=sc.deployment, cost=d.cost, collectives=ZeroCollectives(),
-                        gpus=d.replica_gpus[0], routing=None, samples=1)
+                        gpus=d.replica_gpus[0], moe=None)
     t = pcm.pass_times([GroupBatch(decode_ctx=np.array([128]))], 1, np.zeros(1, np.int64))[0]
     cfg = sc.hardware.cost
     m = d.model  # the input embedding is a row lookup, not streamed: leave it out
@@ -88,7 +89,8 @@ def test_routing_skew_slows_moe_passes() -> None:
         gen = RoutingLoadGenerator(sc.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
                                    top_k=m.moe.top_k, rng=RngStreams(0).get("routing"))
         pcm = PassCostModel(shape=d.shape, deployment=sc.deployment, cost=d.cost, collectives=d.collectives,
-                            gpus=d.replica_gpus[0], routing=gen, samples=4)
+                            gpus=d.replica_gpus[0],
+                            moe=build_moe_runtime(sc, d, d.replica_gpus[0], gen))
         batch = GroupBatch(prefill_chunk=np.array([4096]), prefill_prior=np.array([0]))
         return float(pcm.pass_times([batch], 1, np.zeros(1, np.int64))[0])
 
@@ -102,3 +104,25 @@ def test_prompt_longer_than_budget_without_chunking_is_rejected_not_stuck() -> N
     too_long = (res.requests["prompt_tokens"] > 512).sum()
     assert too_long > 0 and s["requests_rejected"] == too_long
     assert s["requests_finished"] + s["requests_rejected"] == s["requests_arrived"]
+
+
+def test_vectorised_even_split_matches_the_none_balancer() -> None:
+    """The engine's fast path for any placement equals the `none` balancer's assignment."""
+    from moesim.core.rng import RngStreams
+    from moesim.engine.moe_layer import gemm_tokens_from_decision
+    from moesim.policies.balance import BALANCERS
+    from moesim.workload import RoutingLoadGenerator
+
+    sc = load_scenario("default", ["placement.kind=eplb", "placement.redundant_experts=8", "routing.zipf_s=1.4"])
+    d = build_deployment(sc)
+    m = d.model
+    gen = RoutingLoadGenerator(sc.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
+                               top_k=m.moe.top_k, rng=RngStreams(0).get("routing"))
+    moe = build_moe_runtime(sc, d, d.replica_gpus[0], gen)
+    counts = gen.sample_many(333, 3)
+    fast = moe.even_split(counts)                                          # [S, L, P, slots]
+    none = BALANCERS.build("none")
+    for i in range(3):
+        per_expert = gemm_tokens_from_decision(none.balance(counts[i], moe.placement), m.moe.n_routed_experts)
+        assert (fast[i].sum(axis=-1) == per_expert.sum(axis=-1)).all()
+        assert (np.sort(fast[i][fast[i] > 0]) == np.sort(per_expert[per_expert > 0])).all()

@@ -57,6 +57,7 @@ class PlacementReport:
         traffic_objective: stage-2 objective, sum over layer transitions of the max over GPU
             pairs of traffic / bandwidth (tokens per byte/s); ``None`` when stage 2 had no
             traffic to optimise.
+        traffic_bound: CBC's lower bound on ``traffic_objective`` (None: not solved or no bound).
         solves: every solver call, in order.
         notes: fallbacks and skipped stages, in words.
     """
@@ -66,6 +67,7 @@ class PlacementReport:
     bound: float | None
     gap: float | None
     traffic_objective: float | None = None
+    traffic_bound: float | None = None
     solves: tuple[SolveRecord, ...] = ()
     notes: tuple[str, ...] = ()
 

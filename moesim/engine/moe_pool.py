@@ -1,0 +1,162 @@
+"""Routing samples of a replica, with their MoE-layer costs under the placement and balancer in force.
+
+For a pass of T tokens the replica keeps ``samples`` routing draws (the pool for T), each costed
+once; a pass picks one draw by index. Contiguous placement without balancing takes a fast path
+(a reshape of the counts); any other placement or balancer runs the balancer per draw. A new
+placement (re-planning) empties the pools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.engine.moe_layer import (
+    MoeShape, gemm_tokens_from_decision, moe_layers_cost, transfer_bytes)
+from moesim.hardware.cost import CostModel
+from moesim.network.collectives import CollectiveCost
+from moesim.policies.balance.base import BalancePolicy
+from moesim.policies.placement.base import Placement
+from moesim.workload.routing_load import RoutingLoadGenerator
+
+__all__ = ["MoePool", "MoeRuntime"]
+
+
+@dataclass(frozen=True)
+class MoePool:
+    """Routing draws for one token count and their costs (S draws).
+
+    counts ``[S, L, E]`` routed (token, slot) pairs; rank_load ``[S, L, P]`` tokens each EP rank
+    computes after balancing; time_s ``[S]`` all MoE layers of the pass; imbalance ``[S]`` and
+    imbalance_routed ``[S]``: mean over layers of max/mean rank load after / before balancing;
+    dropped ``[S]`` (token, slot) pairs dropped; moved_bytes ``[S]`` expert weight bytes copied;
+    comm_s ``[S]`` dispatch + combine + weight copies; peak_act_bytes ``[S, P]``.
+    """
+
+    counts: np.ndarray
+    rank_load: np.ndarray
+    time_s: np.ndarray
+    imbalance: np.ndarray
+    imbalance_routed: np.ndarray
+    dropped: np.ndarray
+    moved_bytes: np.ndarray
+    comm_s: np.ndarray
+    peak_act_bytes: np.ndarray
+
+
+def _imbalance(rank_load: np.ndarray) -> np.ndarray:
+    mean = rank_load.mean(axis=-1)
+    ratio = np.where(mean > 0, rank_load.max(axis=-1) / np.maximum(mean, 1e-12), 1.0)
+    return ratio.mean(axis=-1)
+
+
+class MoeRuntime:
+    """The MoE side of a replica: routing generator, placement in force, balancer, pools."""
+
+    def __init__(self, *, routing: RoutingLoadGenerator, placement: Placement, balancer: BalancePolicy | None,
+                 shape: MoeShape, cost: CostModel, collectives: CollectiveCost, samples: int,
+                 contiguous: bool) -> None:
+        """``balancer=None`` is plain EP: tokens split evenly over an expert's replicas."""
+        self.routing, self.balancer, self.shape = routing, balancer, shape
+        self.cost, self.coll, self.samples = cost, collectives, samples
+        self._contiguous = contiguous
+        self.version = 0
+        self._pools: dict[int, MoePool] = {}
+        self._use(placement)
+
+    def _use(self, placement: Placement) -> None:
+        self.placement = placement
+        # slot -> (its replica index among the expert's slots, the expert's replica count), for the even split
+        phy = placement.phy2log
+        order = np.argsort(phy, axis=1, kind="stable")
+        sorted_e = np.take_along_axis(phy, order, axis=1)
+        start = np.zeros_like(sorted_e)
+        for layer in range(phy.shape[0]):
+            first = np.r_[0, np.flatnonzero(np.diff(sorted_e[layer])) + 1]
+            start[layer] = np.repeat(first, np.diff(np.r_[first, phy.shape[1]]))
+        rank_sorted = np.arange(phy.shape[1])[None, :] - start
+        self._slot_rank = np.empty_like(phy)
+        np.put_along_axis(self._slot_rank, order, rank_sorted, axis=1)
+        self._slot_cnt = np.where(phy >= 0, np.take_along_axis(placement.logcnt, np.maximum(phy, 0), axis=1), 1)
+
+    def set_placement(self, placement: Placement) -> None:
+        """Put a new placement in force (drops every cached pool)."""
+        self._contiguous = False
+        self.version += 1
+        self._pools.clear()
+        self._use(placement)
+
+    def even_split(self, counts: np.ndarray) -> np.ndarray:
+        """``int64[..., L, P, S]`` tokens per slot when each expert's tokens split evenly over its
+        replicas, the first ``count mod replicas`` (in slot order) taking one more — the same
+        assignment as the ``none`` balancer, vectorised over leading draws."""
+        phy = self.placement.phy2log
+        routed = np.take_along_axis(counts, np.broadcast_to(np.maximum(phy, 0), counts.shape[:-1] + phy.shape[1:]),
+                                    axis=-1)
+        q, r = np.divmod(routed, self._slot_cnt)
+        tokens = np.where(phy >= 0, q + (self._slot_rank < r), 0)
+        p = self.placement.n_gpus
+        return tokens.reshape(tokens.shape[:-1] + (p, phy.shape[1] // p))
+
+    def pool(self, tokens: int) -> MoePool:
+        """The pool for ``tokens`` tokens (built on first use)."""
+        hit = self._pools.get(tokens)
+        if hit is None:
+            hit = self._pools[tokens] = self._build(tokens)
+        return hit
+
+    def _build(self, tokens: int) -> MoePool:
+        counts = self.routing.sample_many(tokens, self.samples)                        # [S, L, E]
+        s, n_layers, n_exp = counts.shape
+        p = self.placement.n_gpus
+        if self.balancer is None:
+            gemm = (counts.reshape(s, n_layers, p, n_exp // p) if self._contiguous
+                    else self.even_split(counts))
+            cost = moe_layers_cost(gemm, self.shape, self.cost, self.coll)
+            rank = gemm.sum(axis=-1)
+            zero = np.zeros(s)
+            return MoePool(counts, rank, cost.time_s, _imbalance(rank), _imbalance(rank), zero.astype(np.int64),
+                           zero, cost.comm_s.sum(axis=-1), cost.peak_act_bytes)
+        decisions = [self.balancer.balance(counts[i], self.placement) for i in range(s)]
+        gemm = np.stack([gemm_tokens_from_decision(d, n_exp) for d in decisions])
+        moves = sum(d.weight_transfers for d in decisions)
+        pairs = np.stack([transfer_bytes(d, self.shape) for d in decisions]) if moves else None
+        cost = moe_layers_cost(gemm, self.shape, self.cost, self.coll, weight_pairs=pairs)
+        rank = gemm.sum(axis=-1)
+        routed = np.stack([self.placement.gpu_load(counts[i]) for i in range(s)])
+        per_copy = self.shape.expert_bytes_per_gpu * self.shape.expert_tp
+        return MoePool(
+            counts, rank, cost.time_s, _imbalance(rank), _imbalance(routed),
+            np.array([int(d.dropped.sum()) for d in decisions], np.int64),
+            np.array([d.weight_transfers * per_copy for d in decisions], np.float64),
+            (cost.comm_s + cost.transfer_s).sum(axis=-1), cost.peak_act_bytes)
+
+
+
+class MoeStats:
+    """Per-replica running totals of what its passes routed and how the MoE layers ran.
+
+    expert_load ``[L, E]`` and rank_load ``[L, P]`` (token, slot) pairs; window_load ``[L, E]``
+    since the last re-plan; dropped pairs, expert weight bytes moved, passes.
+    """
+
+    def __init__(self, n_layers: int, n_experts: int, n_ranks: int) -> None:
+        self.expert_load = np.zeros((n_layers, n_experts), np.int64)
+        self.window_load = np.zeros((n_layers, n_experts), np.int64)
+        self.rank_load = np.zeros((n_layers, n_ranks), np.int64)
+        self.dropped = 0
+        self.moved_bytes = 0.0
+        self.passes = 0
+
+    def record(self, pool: MoePool, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add passes that used draws ``idx`` of ``pool``; returns their ``(imbalance, comm_s)``."""
+        uses = np.bincount(idx, minlength=pool.time_s.size)
+        load = np.tensordot(uses, pool.counts, axes=1)
+        self.expert_load += load
+        self.window_load += load
+        self.rank_load += np.tensordot(uses, pool.rank_load, axes=1)
+        self.dropped += int(uses @ pool.dropped)
+        self.moved_bytes += float(uses @ pool.moved_bytes)
+        self.passes += int(idx.size)
+        return pool.imbalance[idx], pool.comm_s[idx]
