@@ -87,14 +87,17 @@ def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
 
 
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
-    """Make a relative trace path absolute against the scenario's folder when the file is there."""
-    wl = tree.get("workload")
-    if isinstance(wl, dict) and isinstance(wl.get("path"), str):
-        p = Path(wl["path"]).expanduser()
+    """Make relative file paths (trace files, transition matrices) absolute against the scenario's
+    folder when the file is there, else against the cwd."""
+    for section, key in (("workload", "path"), ("routing", "trace_path"), ("routing", "layer_correlation")):
+        node = tree.get(section)
+        if not (isinstance(node, dict) and isinstance(node.get(key), str)):
+            continue
+        p = Path(node[key]).expanduser()
         if not p.is_absolute():
             for cand in (base / p, Path.cwd() / p):
                 if cand.exists():
-                    wl["path"] = str(cand.resolve())
+                    node[key] = str(cand.resolve())
                     break
 
 

@@ -18,7 +18,7 @@ from moesim.hardware.cost import CostModel
 from moesim.network.collectives import CollectiveCost
 from moesim.policies.balance.base import BalancePolicy
 from moesim.policies.placement.base import Placement
-from moesim.workload.routing_load import RoutingLoadGenerator
+from moesim.workload import RoutingModel
 
 __all__ = ["MoePool", "MoeRuntime"]
 
@@ -54,7 +54,7 @@ def _imbalance(rank_load: np.ndarray) -> np.ndarray:
 class MoeRuntime:
     """The MoE side of a replica: routing generator, placement in force, balancer, pools."""
 
-    def __init__(self, *, routing: RoutingLoadGenerator, placement: Placement, balancer: BalancePolicy | None,
+    def __init__(self, *, routing: RoutingModel, placement: Placement, balancer: BalancePolicy | None,
                  shape: MoeShape, cost: CostModel, collectives: CollectiveCost, samples: int,
                  contiguous: bool) -> None:
         """``balancer=None`` is plain EP: tokens split evenly over an expert's replicas."""
@@ -99,15 +99,30 @@ class MoeRuntime:
         p = self.placement.n_gpus
         return tokens.reshape(tokens.shape[:-1] + (p, phy.shape[1] // p))
 
+    @property
+    def stationary(self) -> bool:
+        """Whether routing draws may be pooled (else every pass draws afresh, see ``pool``)."""
+        return bool(self.routing.stationary)
+
     def pool(self, tokens: int) -> MoePool:
-        """The pool for ``tokens`` tokens (built on first use)."""
+        """The pool for ``tokens`` tokens (built on first use). For non-stationary routing every
+        call is the next pass's own draw, repeated ``samples`` times so any index selects it."""
+        if not self.stationary:
+            self._last = self._build(tokens, self.routing.next_pass(tokens)[None])
+            return self._last
         hit = self._pools.get(tokens)
         if hit is None:
-            hit = self._pools[tokens] = self._build(tokens)
+            hit = self._pools[tokens] = self._build(tokens, self.routing.sample_many(tokens, self.samples))
         return hit
 
-    def _build(self, tokens: int) -> MoePool:
-        counts = self.routing.sample_many(tokens, self.samples)                        # [S, L, E]
+    def pool_of_pass(self, tokens: int) -> MoePool:
+        """The pool the pass just costed used (the same object ``pool`` returned for it)."""
+        return self.pool(tokens) if self.stationary else self._last
+
+    def _build(self, tokens: int, counts: np.ndarray) -> MoePool:
+        """Cost ``counts [S, L, E]``; a single non-stationary draw is tiled to ``samples`` copies."""
+        if counts.shape[0] < self.samples:
+            counts = np.repeat(counts, self.samples, axis=0)
         s, n_layers, n_exp = counts.shape
         p = self.placement.n_gpus
         if self.balancer is None:

@@ -12,7 +12,7 @@ from moesim.engine.moe_layer import MoeShape
 from moesim.engine.moe_pool import MoeRuntime
 from moesim.policies.balance import BALANCERS, BalancePolicy
 from moesim.policies.placement import PLACEMENTS, Placement
-from moesim.workload.routing_load import RoutingLoadGenerator
+from moesim.workload import RoutingModel
 
 if TYPE_CHECKING:
     from moesim.engine.build import Deployment
@@ -83,12 +83,12 @@ def build_balancer(scenario: Scenario) -> BalancePolicy | None:
 
 
 def build_moe_runtime(scenario: Scenario, d: Deployment, gpus: tuple[int, ...],
-                      routing: RoutingLoadGenerator) -> MoeRuntime:
+                      routing: RoutingModel) -> MoeRuntime:
     """Placement planned from the routing model's expected loads (or uniform), plus the balancer."""
     m = d.model
     assert m.moe is not None
     tokens = scenario.scheduler.max_batched_tokens
-    if scenario.placement.plan_from == "expected":
+    if scenario.placement.plan_from == "expected" and hasattr(routing, "expected_counts"):
         load = routing.expected_counts(tokens)
     else:
         load = np.full((m.n_moe_layers, m.moe.n_routed_experts), tokens * m.moe.top_k / m.moe.n_routed_experts)

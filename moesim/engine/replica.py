@@ -197,7 +197,8 @@ class Replica:
     def _run_length(self, plan: Plan) -> int:
         """Passes the current decode-only batch can run unchanged (≥ 1)."""
         if (not self.fast_forward or not plan.decode or plan.prefill or plan.preempted or plan.skipped
-                or len(plan.decode) != len(self.running)):
+                or len(plan.decode) != len(self.running)
+                or (self.pcm.moe is not None and not self.pcm.moe.stationary)):
             return 1
         remaining = min(s.output - int(self.log.generated[s.rid]) for s in plan.decode)
         k = min(remaining, MAX_RUN_PASSES)
@@ -277,7 +278,7 @@ class Replica:
             grow = np.maximum(-(-(ctx[None, :] + steps[:, None] + 1) // self.block), held[None, :]) - held[None, :]
             kv = kv0 + grow.sum(axis=1)
         if self.moe_stats is not None and tokens > 0:
-            imbalance, comm = self.moe_stats.record(self.pcm.moe_pool(tokens), idx)
+            imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx)
         else:
             imbalance, comm = np.ones(k), np.zeros(k)
         self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),

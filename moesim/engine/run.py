@@ -26,7 +26,7 @@ from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
 from moesim.metrics.result import RunResult
 from moesim.metrics.summary import batch_histogram, request_kpis, request_table, timeseries_table
 from moesim.policies.router import ROUTERS
-from moesim.workload import RoutingLoadGenerator, build_requests
+from moesim.workload import build_requests, build_routing
 
 __all__ = ["run"]
 
@@ -37,13 +37,14 @@ Progress = Callable[[float, float], None]
 def _pass_models(scenario: Scenario, d: Deployment, streams: RngStreams) -> list[PassCostModel]:
     """One PassCostModel per replica. Replicas on identical network positions share one (and its
     caches), which is exact because their costs are then identical — unless placements are
-    re-planned from each replica's own observations, when every replica keeps its own."""
+    re-planned from each replica's own observations, or routing is non-stationary (every pass a
+    fresh draw), when every replica keeps its own."""
     m = d.model
     routing = None
     if m.moe is not None:
-        routing = RoutingLoadGenerator(scenario.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
-                                       top_k=m.moe.top_k, rng=streams.get("routing"))
-    share = scenario.placement.replan_interval_s is None
+        routing = build_routing(scenario.routing, n_layers=m.n_moe_layers, n_experts=m.moe.n_routed_experts,
+                                top_k=m.moe.top_k, rng=streams.get("routing"))
+    share = scenario.placement.replan_interval_s is None and (routing is None or routing.stationary)
     models: list[PassCostModel] = []
     seen: dict[bytes, PassCostModel] = {}
     topo = d.topology

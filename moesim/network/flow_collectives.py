@@ -8,6 +8,9 @@ n = group size, S = bytes:
 * all-reduce (ring): 2(n−1) steps; in each step every rank sends S/n bytes to the next rank, the
   n flows at once. A step takes that batch's time on the flow model (max-min shared links, path
   latency, per-message latency); the total is 2(n−1) steps;
+* with ``all_reduce_algorithm="auto"`` (as ``SimpleCollectives``) the cheapest of the ring,
+  two-shot (two uniform all-to-alls of S/n per pair: direct reduce-scatter, then all-gather) and
+  one-shot (one uniform all-to-all of S per pair: every rank reads every buffer);
 * all-gather (S = gathered output) and reduce-scatter (S = input per rank): n−1 steps of S/n;
 * all-to-all: one batch of the flows ``pair_bytes[..., i, j]`` (diagonal ignored); the leading
   dims are looped over, each distinct traffic shape solved once (``FlowNetwork`` cache);
@@ -57,12 +60,17 @@ class FlowCollectives:
         efficiency: achieved / nominal bandwidth, in (0, 1].
         per_message_latency_s: software cost of each step (kernel launch, handshake), s.
         account: add every costed collective's bytes to the link counters.
+        all_reduce_algorithm: ``"ring"`` or ``"auto"`` (cheapest of ring, two-shot, one-shot).
         network: an existing ``FlowNetwork`` to share (its efficiency and latency then apply).
         **flow_kwargs: further ``FlowNetwork`` options (``rtol``, ``window_frac``, ``max_paths``).
     """
 
     def __init__(self, topology: Any, *, efficiency: float = 0.8, per_message_latency_s: float = 5e-6,
-                 account: bool = True, network: FlowNetwork | None = None, **flow_kwargs: Any) -> None:
+                 account: bool = True, all_reduce_algorithm: str = "ring",
+                 network: FlowNetwork | None = None, **flow_kwargs: Any) -> None:
+        if all_reduce_algorithm not in ("ring", "auto"):
+            raise ValueError(f"all_reduce_algorithm must be 'ring' or 'auto', got {all_reduce_algorithm!r}")
+        self.all_reduce_algorithm = all_reduce_algorithm
         self.topology = topology
         self.network = network or FlowNetwork(topology, efficiency=efficiency,
                                               per_message_latency_s=per_message_latency_s, **flow_kwargs)
@@ -91,6 +99,8 @@ class FlowCollectives:
             pb = np.zeros((n, n))
             if kind == "ring":
                 pb[np.arange(n), (np.arange(n) + 1) % n] = 1.0
+            elif kind == "a2a":
+                pb[:] = 1.0
             else:
                 pb[0, 1] = 1.0
             hit = self._unit[(kind, group)] = self.network.transfer(pb, group, account=False)
@@ -106,8 +116,19 @@ class FlowCollectives:
 
     # ----------------------------------------------------------------- collectives
     def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
-        """Ring all-reduce of an ``nbytes`` buffer per rank: 2(n−1) steps of nbytes/n per rank."""
-        return self._ring(group, nbytes, passes=2)
+        """All-reduce of an ``nbytes`` buffer per rank: ring (2(n−1) steps of nbytes/n), or with
+        ``auto`` the cheapest of ring, two-shot and one-shot."""
+        ring = self._ring(group, nbytes, passes=2)
+        g = self._check(group)
+        if self.all_reduce_algorithm == "ring" or len(g) <= 2:
+            return ring
+        s, n = _as_bytes(nbytes), len(g)
+        acct, self.account = self.account, False  # link counters get the ring's bytes only
+        try:
+            two_shot, one_shot = self._scaled("a2a", g, s / n, 2), self._scaled("a2a", g, s, 1)
+        finally:
+            self.account = acct
+        return _out(np.minimum(np.minimum(ring, two_shot), one_shot))
 
     def all_gather_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
         """Ring all-gather of ``nbytes`` total output: n−1 steps of nbytes/n per rank."""
