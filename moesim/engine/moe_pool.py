@@ -31,7 +31,9 @@ class MoePool:
     computes after balancing; time_s ``[S]`` all MoE layers of the pass; imbalance ``[S]`` and
     imbalance_routed ``[S]``: mean over layers of max/mean rank load after / before balancing;
     dropped ``[S]`` (token, slot) pairs dropped; moved_bytes ``[S]`` expert weight bytes copied;
-    comm_s ``[S]`` dispatch + combine + weight copies; peak_act_bytes ``[S, P]``.
+    comm_s ``[S]`` dispatch + combine + weight copies; peak_act_bytes ``[S, P]`` largest per-GPU
+    MoE activation + foreign-weight footprint of a layer; oom ``[S]`` whether that footprint
+    exceeds the HBM left after weights and the KV pool on some GPU.
     """
 
     counts: np.ndarray
@@ -43,6 +45,7 @@ class MoePool:
     moved_bytes: np.ndarray
     comm_s: np.ndarray
     peak_act_bytes: np.ndarray
+    oom: np.ndarray
 
 
 def _imbalance(rank_load: np.ndarray) -> np.ndarray:
@@ -56,8 +59,10 @@ class MoeRuntime:
 
     def __init__(self, *, routing: RoutingModel, placement: Placement, balancer: BalancePolicy | None,
                  shape: MoeShape, cost: CostModel, collectives: CollectiveCost, samples: int,
-                 contiguous: bool) -> None:
-        """``balancer=None`` is plain EP: tokens split evenly over an expert's replicas."""
+                 contiguous: bool, act_limit_bytes: float = np.inf) -> None:
+        """``balancer=None`` is plain EP: tokens split evenly over an expert's replicas.
+        ``act_limit_bytes``: HBM per GPU left for MoE activations after weights and the KV pool."""
+        self.act_limit_bytes = act_limit_bytes
         self.routing, self.balancer, self.shape = routing, balancer, shape
         self.cost, self.coll, self.samples = cost, collectives, samples
         self._contiguous = contiguous
@@ -132,7 +137,8 @@ class MoeRuntime:
             rank = gemm.sum(axis=-1)
             zero = np.zeros(s)
             return MoePool(counts, rank, cost.time_s, _imbalance(rank), _imbalance(rank), zero.astype(np.int64),
-                           zero, cost.comm_s.sum(axis=-1), cost.peak_act_bytes)
+                           zero, cost.comm_s.sum(axis=-1), cost.peak_act_bytes,
+                           cost.peak_act_bytes.max(axis=-1) > self.act_limit_bytes)
         decisions = [self.balancer.balance(counts[i], self.placement) for i in range(s)]
         gemm = np.stack([gemm_tokens_from_decision(d, n_exp) for d in decisions])
         moves = sum(d.weight_transfers for d in decisions)
@@ -145,7 +151,8 @@ class MoeRuntime:
             counts, rank, cost.time_s, _imbalance(rank), _imbalance(routed),
             np.array([int(d.dropped.sum()) for d in decisions], np.int64),
             np.array([d.weight_transfers * per_copy for d in decisions], np.float64),
-            (cost.comm_s + cost.transfer_s).sum(axis=-1), cost.peak_act_bytes)
+            (cost.comm_s + cost.transfer_s).sum(axis=-1), cost.peak_act_bytes,
+            cost.peak_act_bytes.max(axis=-1) > self.act_limit_bytes)
 
 
 
@@ -156,7 +163,13 @@ class MoeStats:
     since the last re-plan; dropped pairs, expert weight bytes moved, passes.
     """
 
-    def __init__(self, n_layers: int, n_experts: int, n_ranks: int) -> None:
+    def __init__(self, n_layers: int, n_experts: int, n_ranks: int, *, bin_s: float = 1.0) -> None:
+        self.bin_s = bin_s
+        self.rank_bins = np.zeros((0, n_ranks), np.int64)
+        """``[bins, P]`` (token, slot) pairs each EP rank computed per time bin (summed over layers)."""
+        self.oom_passes = 0
+        self.first_oom_s: float | None = None
+        self.peak_act_bytes = 0.0
         self.expert_load = np.zeros((n_layers, n_experts), np.int64)
         self.window_load = np.zeros((n_layers, n_experts), np.int64)
         self.rank_load = np.zeros((n_layers, n_ranks), np.int64)
@@ -164,9 +177,21 @@ class MoeStats:
         self.moved_bytes = 0.0
         self.passes = 0
 
-    def record(self, pool: MoePool, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add passes that used draws ``idx`` of ``pool``; returns their ``(imbalance, comm_s)``."""
+    def record(self, pool: MoePool, idx: np.ndarray, start_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add passes starting at ``start_s`` that used draws ``idx`` of ``pool``; returns their
+        ``(imbalance, comm_s)``."""
         uses = np.bincount(idx, minlength=pool.time_s.size)
+        bins = (start_s // self.bin_s).astype(np.int64)
+        if bins[-1] >= self.rank_bins.shape[0]:
+            grow = np.zeros((bins[-1] + 1 - self.rank_bins.shape[0] + 64, self.rank_bins.shape[1]), np.int64)
+            self.rank_bins = np.concatenate([self.rank_bins, grow])
+        np.add.at(self.rank_bins, bins, pool.rank_load[idx].sum(axis=1))
+        oom = pool.oom[idx]
+        if oom.any():
+            self.oom_passes += int(oom.sum())
+            if self.first_oom_s is None:
+                self.first_oom_s = float(start_s[np.argmax(oom)])
+        self.peak_act_bytes = max(self.peak_act_bytes, float(pool.peak_act_bytes[idx].max()))
         load = np.tensordot(uses, pool.counts, axes=1)
         self.expert_load += load
         self.window_load += load

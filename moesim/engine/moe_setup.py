@@ -96,4 +96,5 @@ def build_moe_runtime(scenario: Scenario, d: Deployment, gpus: tuple[int, ...],
     return MoeRuntime(routing=routing, placement=placement, balancer=build_balancer(scenario),
                       shape=moe_shape(d, scenario, gpus), cost=d.cost, collectives=d.collectives,
                       samples=scenario.routing.samples_per_shape,
-                      contiguous=scenario.placement.kind == "contiguous")
+                      contiguous=scenario.placement.kind == "contiguous",
+                      act_limit_bytes=d.gpu.hbm_bytes - d.budget.weight_bytes - d.budget.kv_bytes)

@@ -24,13 +24,15 @@ class MoeOutcome:
         self.imbalance = pd.DataFrame(columns=["replica", "imbalance_mean", "imbalance_p99",
                                                "imbalance_routed_mean"])
         self.migrations = pd.DataFrame(columns=["replica", "time_s", "bytes", "pause_s"])
+        self.rank_timeseries = pd.DataFrame(columns=["t_s", "replica", "rank", "tokens"])
+        self.oom = pd.DataFrame(columns=["replica", "oom_passes", "first_oom_s", "peak_moe_activation_bytes"])
         self.summary: dict[str, Any] = {}
 
 
 def moe_outcome(replicas: list[Replica], busy_s: float) -> MoeOutcome:
     """Collect the MoE records of every replica; ``busy_s`` is the replicas' summed pass time."""
     out = MoeOutcome()
-    rows, mig = [], []
+    rows, mig, ranks, ooms = [], [], [], []
     weights = imbalance_sum = routed_sum = 0.0
     dropped = moved = comm = 0.0
     replans = 0
@@ -51,6 +53,11 @@ def moe_outcome(replicas: list[Replica], busy_s: float) -> MoeOutcome:
         out.expert_load.append(st.expert_load.copy())
         out.rank_load.append(st.rank_load.copy())
         out.placements.append(np.asarray(r.pcm.moe.placement.phy2log))
+        nb, p = st.rank_bins.shape
+        ranks.append(pd.DataFrame({"t_s": np.repeat(np.arange(nb) * st.bin_s, p), "replica": r.index,
+                                   "rank": np.tile(np.arange(p), nb), "tokens": st.rank_bins.ravel()}))
+        ooms.append({"replica": r.index, "oom_passes": st.oom_passes, "first_oom_s": st.first_oom_s,
+                     "peak_moe_activation_bytes": st.peak_act_bytes})
         dropped += st.dropped
         moved += st.moved_bytes
         comm += float(r.passes.column("moe_comm_s").sum())
@@ -61,6 +68,8 @@ def moe_outcome(replicas: list[Replica], busy_s: float) -> MoeOutcome:
     if not rows:
         return out
     out.imbalance = pd.DataFrame(rows)
+    out.oom = pd.DataFrame(ooms)
+    out.rank_timeseries = pd.concat(ranks, ignore_index=True)
     if mig:
         out.migrations = pd.DataFrame(mig)
     out.summary = {
@@ -71,5 +80,7 @@ def moe_outcome(replicas: list[Replica], busy_s: float) -> MoeOutcome:
         "moe_comm_fraction": comm / busy_s if busy_s > 0 else None,
         "replans": replans,
         "migration_pause_s": float(out.migrations["pause_s"].sum()),
+        "oom_passes": int(out.oom["oom_passes"].sum()),
+        "peak_moe_activation_bytes": float(out.oom["peak_moe_activation_bytes"].max()),
     }
     return out

@@ -100,7 +100,7 @@ class PassCostModel:
         if self._no_moe is None:
             z, n = np.zeros(1), np.zeros((1, 0, 0), np.int64)
             self._no_moe = MoePool(n, n, z, np.ones(1), np.ones(1), np.zeros(1, np.int64), z, z,
-                                   np.zeros((1, 0)))
+                                   np.zeros((1, 0)), np.zeros(1, bool))
         return self._no_moe
 
     # ------------------------------------------------------------------ attention core

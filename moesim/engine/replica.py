@@ -67,7 +67,8 @@ class Replica:
     def __init__(self, *, index: int, env: simpy.Environment, cfg: SchedulerCfg, pcm: PassCostModel,
                  sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
                  queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
-                 fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None) -> None:
+                 fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None,
+                 timeseries_bin_s: float = 1.0) -> None:
         self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler
         self.req, self.log, self.passes, self.queue = requests, log, passes, queue
         self.dp = dp_groups
@@ -83,8 +84,8 @@ class Replica:
         self.events = 0
         self.wake: simpy.Event | None = None
         moe = pcm.moe
-        self.moe_stats = (MoeStats(*moe.placement.phy2log.shape[:1], moe.placement.n_experts, moe.placement.n_gpus)
-                          if moe is not None else None)
+        self.moe_stats = (MoeStats(moe.placement.n_layers, moe.placement.n_experts, moe.placement.n_gpus,
+                                   bin_s=timeseries_bin_s) if moe is not None else None)
         self.replanner = replanner
         self.clock = 0.0
         self.process = env.process(self.serve())
@@ -278,7 +279,7 @@ class Replica:
             grow = np.maximum(-(-(ctx[None, :] + steps[:, None] + 1) // self.block), held[None, :]) - held[None, :]
             kv = kv0 + grow.sum(axis=1)
         if self.moe_stats is not None and tokens > 0:
-            imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx)
+            imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx, ends - durs)
         else:
             imbalance, comm = np.ones(k), np.zeros(k)
         self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),

@@ -77,7 +77,8 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                 requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
                 fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s,
-                replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i]))
+                replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i]),
+                timeseries_bin_s=scenario.engine.timeseries_bin_s)
         for i in range(dep.replicas)
     ]
     router = ROUTERS.build(scenario.router.kind)
@@ -108,7 +109,8 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
         timeseries=timeseries_table(pass_logs, queue, kv_capacity_blocks=kv_blocks * dep.attention_dp,
                                     bin_s=scenario.engine.timeseries_bin_s, end_s=max(sim_time, 1e-9)),
         batch_hist=batch_histogram(pass_logs), expert_load=moe.expert_load, rank_load=moe.rank_load,
-        imbalance=moe.imbalance, placements=moe.placements, migrations=moe.migrations)
+        imbalance=moe.imbalance, placements=moe.placements, migrations=moe.migrations,
+        rank_timeseries=moe.rank_timeseries, oom=moe.oom)
 
 
 def _calibration_hashes(scenario: Scenario, d: Deployment) -> dict[str, str]:

@@ -38,6 +38,11 @@ class RunResult:
         placements: per replica, ``[moe_layers, slots]`` logical expert in each physical slot of
             the placement in force at the end (rank r holds slots r*S .. (r+1)*S-1).
         migrations: one row per placement change: ``replica, time_s, bytes, pause_s``.
+        rank_timeseries: one row per (time bin, replica, EP rank): ``t_s, replica, rank, tokens``
+            (token, slot) pairs the rank computed in the bin, summed over MoE layers.
+        oom: one row per replica: ``replica, oom_passes, first_oom_s, peak_moe_activation_bytes``:
+            passes whose MoE activations + spilled weights exceed the HBM left after weights and
+            the KV pool on some GPU (the run goes on; a real server would have crashed).
     """
 
     config: dict[str, Any]
@@ -51,6 +56,8 @@ class RunResult:
     imbalance: pd.DataFrame = field(default_factory=pd.DataFrame)
     placements: list[np.ndarray] = field(default_factory=list)
     migrations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rank_timeseries: pd.DataFrame = field(default_factory=pd.DataFrame)
+    oom: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_json_dict(self) -> dict[str, Any]:
         """What ``run.json`` holds: config, provenance and summary."""

@@ -100,19 +100,15 @@ class Incidence:
 
 
 def _load(links: np.ndarray, weights: np.ndarray | None, x: np.ndarray | None, n_links: int) -> np.ndarray:
-    """``[L + 1]`` Σ over slots of ``bincount(links[k], weights[k] · x)`` (x None: ones)."""
+    """``[L + 1]`` Σ over slots of ``bincount(links[k], weights[k] · x)`` (None: ones)."""
+    if links.size < 1 << 16:  # few entries: one bincount over all slots
+        w = None if x is None else np.broadcast_to(x, links.shape)
+        w = w if weights is None else (weights if w is None else weights * w)
+        return np.bincount(links.ravel(), None if w is None else np.ravel(w), minlength=n_links + 1) * 1.0
     out = np.zeros(n_links + 1)
     for k in range(links.shape[0]):
-        w = x if weights is None else (weights[k] if x is None else weights[k] * x)
-        out += np.bincount(links[k], w, minlength=n_links + 1)
-    return out
-
-
-def _counts(links: np.ndarray, n_links: int) -> np.ndarray:
-    """``[L + 1]`` int64 slots naming each link in ``links [K, F]`` (index L: unused slots)."""
-    out = np.zeros(n_links + 1, dtype=np.int64)
-    for row in links:
-        out += np.bincount(row, minlength=n_links + 1)
+        wk = x if weights is None else (weights[k] if x is None else weights[k] * x)
+        out += np.bincount(links[k], wk, minlength=n_links + 1)
     return out
 
 
@@ -178,6 +174,27 @@ def solve_maxmin(link_capacity: np.ndarray, flow_links: Any,
     return _fill(cap, inc.links, inc.weights, demand)
 
 
+def _by_link(links: np.ndarray, rows: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ptr [L + 2], flows [nnz])``: the flows (ids from ``rows``) on each link, link-sorted."""
+    flat = links.ravel()
+    if n_links < 1 << 16:  # numpy's stable sort of 16-bit keys is a radix sort
+        order = np.argsort(flat.astype(np.uint16), kind="stable")
+    else:  # two 16-bit radix passes, low half then high half
+        order = np.argsort((flat & 0xFFFF).astype(np.uint16), kind="stable")
+        order = order[np.argsort((flat[order] >> 16).astype(np.uint16), kind="stable")]
+    ptr = np.zeros(n_links + 2, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=n_links + 1), out=ptr[1:])
+    return ptr, rows[order % rows.shape[0]]
+
+
+def _flows_on(csc: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Flows on the links ``ids`` (with repeats) from a ``_by_link`` index."""
+    ptr, flows = csc
+    starts, lens = ptr[ids], ptr[ids + 1] - ptr[ids]
+    offsets = np.cumsum(lens) - lens
+    return flows[np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()))]
+
+
 def _fill(cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
           demand: np.ndarray | None, *, counts: np.ndarray | None = None) -> np.ndarray:
     """``[F]`` max-min rates of the flows ``links [K, F]`` (padded with L), see ``solve_maxmin``.
@@ -185,74 +202,113 @@ def _fill(cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
     ``counts``: ``[L + 1]`` entries per link of ``links``, given by a caller that also guarantees
     every flow names a link (skips the count and that check).
     """
-    all_on_links = counts is not None
-    n_links, n_flows = cap.shape[0], links.shape[1]
-    rate = np.empty(n_flows)
-    slots = [k for k in range(links.shape[0]) if np.any(links[k] < n_links)]  # drop empty slots
-    if len(slots) < links.shape[0]:
-        links, weights = links[slots], None if weights is None else weights[slots]
-    frozen = np.zeros(n_flows, dtype=bool)
-    rows = np.arange(n_flows)  # open flows, in the column order of links / weights below
-    if not all_on_links:
-        real = np.ones(n_links + 1, dtype=bool)
-        real[n_links] = False
-        frozen = ~_touches(real, links) if links.shape[0] else ~frozen
-        lone = np.flatnonzero(frozen)
-        rate[lone] = np.inf if demand is None else demand[lone]
-        if lone.size:
-            rows = np.flatnonzero(~frozen)
-            links = np.take(links, rows, axis=1)
-            weights = None if weights is None else np.take(weights, rows, axis=1)
-    cnt = _counts(links, n_links) if counts is None else counts.copy()
-    wsum = cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
-    used = np.zeros(n_links + 1)
-    dq = np.zeros(0, np.int64) if demand is None else np.argsort(demand, kind="stable")
-    dv = np.zeros(0) if demand is None else demand[dq]
-    dpos = 0
-    while rows.size:
-        live = np.flatnonzero(cnt[:n_links] > 0)
-        share = (cap[live] - used[live]) / wsum[live]
-        m = float(share.min()) if live.size else np.inf
-        while dpos < dq.size and frozen[dq[dpos]]:
-            dpos += 1
-        dmin = float(dv[dpos]) if dpos < dq.size else np.inf
-        level = max(min(m, dmin), 0.0)
-        if level == np.inf:  # only uncapped flows on infinite-capacity links remain
-            rate[rows] = np.inf
-            break
-        thr = level * (1.0 + SHARE_RTOL)
-        dead = np.zeros(rows.size, dtype=bool)
-        if m <= thr:
-            sat = np.zeros(n_links + 1, dtype=bool)
-            sat[live[share <= thr]] = True
-            dead = _touches(sat, links)
-            if dmin > thr and dead.all():
-                rate[rows] = level
+    return _Filling(cap, links, weights, demand, counts).run()
+
+
+class _Filling:
+    """One progressive filling. The flows of the saturated links are found by scanning the open
+    flows' slots (bulk rounds; open flows kept compacted) until a round's saturated links hold few
+    open entries compared with all open ones; then a link → flows index is built and used."""
+
+    def __init__(self, cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
+                 demand: np.ndarray | None, counts: np.ndarray | None) -> None:
+        n_links, n_flows = cap.shape[0], links.shape[1]
+        slots = [k for k in range(links.shape[0]) if np.any(links[k] < n_links)]  # drop empty slots
+        if len(slots) < links.shape[0]:
+            links, weights = links[slots], None if weights is None else weights[slots]
+        self.cap, self.n_links, self.demand = cap, n_links, demand
+        self.links0, self.weights0 = links, weights  # indexed by flow id
+        self.rate, self.frozen = np.empty(n_flows), np.zeros(n_flows, dtype=bool)
+        self.rows = np.arange(n_flows)  # open flows, in the column order of links / weights
+        if counts is None:
+            real = np.ones(n_links + 1, dtype=bool)
+            real[n_links] = False
+            self.frozen = ~_touches(real, links)
+            lone = np.flatnonzero(self.frozen)
+            self.rate[lone] = np.inf if demand is None else demand[lone]
+            if lone.size:
+                self.rows = np.flatnonzero(~self.frozen)
+                links = np.take(links, self.rows, axis=1)
+                weights = None if weights is None else np.take(weights, self.rows, axis=1)
+        self.links, self.weights = links, weights
+        self.cnt = _load(links, None, None, n_links).astype(np.int64) if counts is None else counts.copy()
+        self.wsum = self.cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
+        self.used = np.zeros(n_links + 1)
+        self.dq = np.zeros(0, np.int64) if demand is None else np.argsort(demand, kind="stable")
+        self.dpos, self.n_open = 0, self.rows.size
+        self.csc: tuple[np.ndarray, np.ndarray] | None = None
+
+    def run(self) -> np.ndarray:
+        """Rounds until every flow is frozen; returns the rates."""
+        while self.n_open:
+            live = np.flatnonzero(self.cnt[: self.n_links] > 0)
+            share = (self.cap[live] - self.used[live]) / self.wsum[live]
+            m = float(share.min()) if live.size else np.inf
+            while self.dpos < self.dq.size and self.frozen[self.dq[self.dpos]]:
+                self.dpos += 1
+            assert self.dq.size == 0 or self.demand is not None
+            dmin = float(self.demand[self.dq[self.dpos]]) if self.dpos < self.dq.size else np.inf
+            level = max(min(m, dmin), 0.0)
+            if level == np.inf:  # only uncapped flows on infinite-capacity links remain
+                self.rate[~self.frozen] = np.inf
                 break
-            rate[rows[dead]] = level
-            frozen[rows[dead]] = True
-        if dmin <= thr:
-            k = int(np.searchsorted(dv, thr, side="right"))
-            capped = dq[dpos:k]
-            capped = capped[~frozen[capped]]
-            assert demand is not None
-            rate[capped] = np.minimum(demand[capped], level)
-            frozen[capped] = True
-            dpos = k
-            dead = frozen[rows]
-            if dead.all():
-                break
-        di = np.flatnonzero(dead)
-        dl = np.take(links, di, axis=1)
-        dw = None if weights is None else np.take(weights, di, axis=1)
-        dc = _counts(dl, n_links)
-        cnt -= dc
-        wsum -= dc if dw is None else _load(dl, dw, None, n_links)
-        used += _load(dl, dw, rate[rows[di]], n_links)
-        ki = np.flatnonzero(~dead)
-        rows, links = rows[ki], np.take(links, ki, axis=1)
-        weights = None if weights is None else np.take(weights, ki, axis=1)
-    return rate
+            thr = level * (1.0 + SHARE_RTOL)
+            done = []
+            if m <= thr:
+                hit = self._saturated(live[share <= thr], level, last=dmin > thr)
+                if hit is None:
+                    break
+                done.append(hit)
+            if dmin <= thr:
+                done.append(self._capped(thr, level))
+            self._retire(np.concatenate(done))
+        return self.rate
+
+    def _saturated(self, sat_ids: np.ndarray, level: float, *, last: bool) -> np.ndarray | None:
+        """Freeze the open flows on links ``sat_ids`` at ``level``; None when that was all of them."""
+        if self.csc is None and 8 * int(self.cnt[sat_ids].sum()) < self.links.size:
+            self.csc = _by_link(self.links, self.rows, self.n_links)
+        if self.csc is None:
+            sat = np.zeros(self.n_links + 1, dtype=bool)
+            sat[sat_ids] = True
+            dead = _touches(sat, self.links)
+            if last and dead.all():
+                self.rate[self.rows] = level
+                return None
+            hit = self.rows[dead]
+        else:
+            hit = np.sort(_flows_on(self.csc, sat_ids))
+            hit = hit[~self.frozen[hit] & np.concatenate(([True], hit[1:] != hit[:-1]))]
+        self.rate[hit] = level
+        self.frozen[hit] = True
+        return hit
+
+    def _capped(self, thr: float, level: float) -> np.ndarray:
+        """Freeze the open flows whose demand cap is at most ``thr``, at their cap."""
+        assert self.demand is not None
+        k = int(np.searchsorted(self.demand[self.dq], thr, side="right"))
+        capped = self.dq[self.dpos:k]
+        capped = capped[~self.frozen[capped]]
+        self.rate[capped] = np.minimum(self.demand[capped], level)
+        self.frozen[capped] = True
+        self.dpos = k
+        return capped
+
+    def _retire(self, done: np.ndarray) -> None:
+        """Move the just-frozen flows ``done`` from the open counts to the frozen load."""
+        self.n_open -= done.size
+        if not self.n_open:
+            return
+        dl = np.take(self.links0, done, axis=1)
+        dw = None if self.weights0 is None else np.take(self.weights0, done, axis=1)
+        dc = _load(dl, None, None, self.n_links)
+        self.cnt -= dc.astype(np.int64)
+        self.wsum -= dc if dw is None else _load(dl, dw, None, self.n_links)
+        self.used += _load(dl, dw, self.rate[done], self.n_links)
+        if self.csc is None:
+            ki = np.flatnonzero(~self.frozen[self.rows])
+            self.rows, self.links = self.rows[ki], np.take(self.links, ki, axis=1)
+            self.weights = None if self.weights is None else np.take(self.weights, ki, axis=1)
 
 
 @dataclass(frozen=True)
@@ -299,7 +355,7 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
     weights = None if inc.weights is None else np.take(inc.weights, act, axis=1)
     rem = rem[act]
     t, events, floor = 0.0, 0, window_frac * lower
-    counts = _counts(links, cap.shape[0])
+    counts = _load(links, None, None, cap.shape[0]).astype(np.int64)
     while act.size:
         r = _fill(cap, links, weights, None, counts=counts)
         events += 1
@@ -315,7 +371,7 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         t += dt
         run = np.flatnonzero(~done)
         if run.size:
-            counts -= _counts(np.take(links, np.flatnonzero(done), axis=1), cap.shape[0])
+            counts -= _load(np.take(links, np.flatnonzero(done), axis=1), None, None, cap.shape[0]).astype(np.int64)
         act, rem, links = act[run], rem[run] - r[run] * dt, np.take(links, run, axis=1)
         weights = None if weights is None else np.take(weights, run, axis=1)
     makespan = float(finish.max()) if finish.size else 0.0

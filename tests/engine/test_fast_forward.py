@@ -13,6 +13,10 @@ CASES = {
     "dp-attention-horizon": ["deployment.attention_tp=2", "deployment.attention_dp=2", "engine.horizon_s=12"],
     "preemptions": ["scheduler.gpu_memory_utilization=0.05", "workload.rate_per_s=40"],
     "no-chunking": ["scheduler.chunked_prefill=false", "router.kind=round_robin"],
+    "eplb-replanning": ["placement.kind=eplb", "placement.redundant_experts=4", "placement.replan_interval_s=4",
+                        "placement.replan_delay_s=1", "placement.plan_from=uniform"],
+    "llep": ["routing.kind=hot_experts", "routing.hot_fraction=0.8", "routing.hot_experts=8",
+             "routing.shuffle_per_layer=false", "balance.kind=llep", "balance.min_tokens=64"],
 }
 
 
