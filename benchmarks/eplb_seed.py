@@ -16,7 +16,7 @@ from it; the plan goes into force at once (*fresh*) or ``D`` passes later (*stal
 Conditions:
 
 - *no drift*: sigma 0, one plan from the expected loads (``placement.plan_from: expected``);
-- *slow drift*: tau = 100 intervals; *fast drift*: tau = 1 interval;
+- *slow / medium / fast drift*: tau = 100 / 10 / 1 re-plan intervals;
 - *static plan*: planned once at t=0 from the then-current expected loads, never re-planned.
 
 **Engine** (``--engine``): one end-to-end ``moesim.engine.run.run`` experiment, DeepSeek-V3 (fp8)
@@ -45,7 +45,7 @@ E, K = 256, 8
 TOKENS = 8192
 ZIPF_S, SIGMA = 0.25, 0.8
 INTERVAL, DELAY, EMA_DECAY = 50, 50, 0.5          # passes
-TAU = {"slow": 100 * INTERVAL, "fast": INTERVAL}  # passes
+TAU = {"slow": 100 * INTERVAL, "medium": 10 * INTERVAL, "fast": INTERVAL}  # passes
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -123,7 +123,8 @@ class Row:
 
 
 def policy_table(*, n_layers: int, passes: int, seed: int = 0) -> tuple[list[Row], dict[str, float]]:
-    cols = ["no drift", "slow: fresh", "slow: stale", "fast: static plan", "fast: fresh", "fast: stale"]
+    cols = ["no drift", "slow: fresh", "slow: stale", "medium: fresh", "medium: stale", "fast: static plan",
+            "fast: fresh", "fast: stale"]
     data = {"none": draw_passes(n_layers=n_layers, n_experts=E, top_k=K, tokens=TOKENS, passes=passes,
                                 tau=TAU["slow"], sigma=0.0, seed=seed)}
     for speed, tau in TAU.items():
@@ -138,7 +139,7 @@ def policy_table(*, n_layers: int, passes: int, seed: int = 0) -> tuple[list[Row
             v: dict[str, float] = {}
             counts, expected = data["none"]
             v["no drift"] = mean_imbalance(counts, [(0, planner(expected))])
-            for speed in ("slow", "fast"):
+            for speed in TAU:
                 counts, expected = data[speed]
                 initial = planner(expected)
                 plans = replans(counts, planner, interval=INTERVAL)
@@ -221,12 +222,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not args.engine_only:
-        n_layers, passes = (8, 600) if args.quick else (58, 1500)
+        n_layers, passes = (8, 600) if args.quick else (58, 1200)
         t0 = time.perf_counter()
         rows, _ = policy_table(n_layers=n_layers, passes=passes, seed=args.seed)
         print(f"Policy level: {n_layers} layers x E={E}, top-{K}, {TOKENS} tokens/pass, {passes} passes; "
-              f"Zipf({ZIPF_S}) popularity, drift sigma {SIGMA}; slow tau {TAU['slow']} / fast tau {TAU['fast']} "
-              f"passes; re-plan every {INTERVAL} passes (EMA {EMA_DECAY}), stale = in force {DELAY} passes late. "
+              f"Zipf({ZIPF_S}) popularity, drift sigma {SIGMA}; tau slow / medium / fast "
+              f"{TAU['slow']} / {TAU['medium']} / {TAU['fast']} passes; re-plan every {INTERVAL} passes (EMA {EMA_DECAY}), stale = in force {DELAY} passes late. "
               f"Cells: mean GPU max/mean load ({time.perf_counter() - t0:.0f} s)\n")
         print_policy_table(rows)
     if args.engine or args.engine_only:

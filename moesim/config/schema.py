@@ -371,9 +371,12 @@ class Scenario(Frozen):
     """Runtime token balancing of each pass."""
     slo: SloCfg = SloCfg()
     engine: EngineCfg = EngineCfg()
+    training: TrainingCfg | None = None
+    """Simulate training steps (issue 6) instead of serving when set."""
 
 
 # moe.py builds on Frozen above, so its sections are imported last and resolved by a rebuild.
 from moesim.config.moe import BalanceCfg, PlacementCfg  # noqa: E402
+from moesim.config.training import TrainingCfg  # noqa: E402
 
 Scenario.model_rebuild()

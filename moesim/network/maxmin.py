@@ -32,11 +32,14 @@ together (``t_min``: earliest finish under the current rates; ``LB``: the larges
 capacity, a lower bound of the makespan). Each flow's finish time is exact under the rates in
 force; the window's flows stop loading links at the midpoint between its first and last finish, so
 the earlier ones hold their share a little too long and the later ones free it a little early,
-errors that largely cancel; then rates are re-solved. With one distinct finish time per window
-(``window_frac = rtol = 0``) this is the exact event loop. There are at most about
-``makespan / (window_frac · LB / 2)`` events. Measured against the exact loop (128-GPU fat-tree,
-per-destination lognormal all-to-all, 16,246 exact events): makespan +0.03 % at
-``window_frac = 1e-3`` (674 events), +0.5 % at the default ``1e-2`` (109 events), +3 % at 0.1.
+errors that largely cancel (the schedule is then not strictly feasible, and a very coarse window
+can even end below ``LB``); then rates are re-solved. With one distinct finish time per window
+(``window_frac = rtol = 0``) this is the exact event loop; there are at most about
+``2 · makespan / (window_frac · LB)`` events. Measured against the exact loop on a 64-GPU
+fat-tree (4,032 flows, ~4,000 exact events) for per-destination lognormal, Zipf and i.i.d.
+exponential all-to-alls: makespan within 0.2 % at the default ``window_frac = 1e-2`` (81–97
+events), within 1.1 % at 3e-2, within 3.6 % at 0.1; holding every window's flows to its last
+finish instead (always feasible) errs +0.7–1.4 % at 1e-2.
 """
 
 from __future__ import annotations
