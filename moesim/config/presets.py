@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from moesim.config.schema import GpuSpec, ModelSpec
 from moesim.core.errors import ConfigError
+
+M = TypeVar("M", ModelSpec, GpuSpec)
 
 __all__ = ["data_dirs", "list_presets", "load_gpu", "load_model", "preset_path", "read_yaml"]
 
@@ -75,21 +77,21 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return " ".join(f"{where}{problem}".split())
 
 
+def _load_preset(kind: str, name: str, model: type[M], field: str) -> M:
+    path = preset_path(kind, name, field=field)
+    try:
+        return model.model_validate(read_yaml(path, field=field))
+    except ValidationError as e:
+        raise ConfigError(f"preset file {path} is invalid: {e}", field=field) from None
+
+
 @lru_cache(maxsize=None)
 def load_model(name: str) -> ModelSpec:
     """The model preset ``name`` as a validated ModelSpec."""
-    path = preset_path("models", name, field="model")
-    try:
-        return ModelSpec.model_validate(read_yaml(path, field="model"))
-    except ValidationError as e:
-        raise ConfigError(f"preset file {path} is invalid: {e}", field="model") from None
+    return _load_preset("models", name, ModelSpec, "model")
 
 
 @lru_cache(maxsize=None)
 def load_gpu(name: str) -> GpuSpec:
     """The GPU preset ``name`` as a validated GpuSpec."""
-    path = preset_path("gpus", name, field="hardware.gpu")
-    try:
-        return GpuSpec.model_validate(read_yaml(path, field="hardware.gpu"))
-    except ValidationError as e:
-        raise ConfigError(f"preset file {path} is invalid: {e}", field="hardware.gpu") from None
+    return _load_preset("gpus", name, GpuSpec, "hardware.gpu")

@@ -33,22 +33,23 @@ def _number_or(value: float | int | str, pattern: re.Pattern[str], what: str, ex
     return m
 
 
-def parse_bytes(value: float | int | str) -> float:
-    """``"80GiB"`` → 85899345920.0 bytes; ``"1Mb"`` → 125000.0 bytes; numbers pass through."""
-    m = _number_or(value, _SIZE_RE, "a size", "80GiB")
+def _bytes_of(value: float | int | str, pattern: re.Pattern[str], what: str, example: str) -> float:
+    """A number of bytes from ``<number><prefix><b|B>`` (bits are divided by 8)."""
+    m = _number_or(value, pattern, what, example)
     if isinstance(m, float):
         return m
     scale = _PREFIX[m.group(2) or ""]
     return float(m.group(1)) * scale / (8.0 if m.group(3) == "b" else 1.0)
+
+
+def parse_bytes(value: float | int | str) -> float:
+    """``"80GiB"`` → 85899345920.0 bytes; ``"1Mb"`` → 125000.0 bytes; numbers pass through."""
+    return _bytes_of(value, _SIZE_RE, "a size", "80GiB")
 
 
 def parse_rate(value: float | int | str) -> float:
     """``"400Gb/s"`` / ``"400Gbps"`` → 5e10 bytes/s; ``"900GB/s"`` → 9e11 bytes/s."""
-    m = _number_or(value, _RATE_RE, "a data rate", "400Gb/s")
-    if isinstance(m, float):
-        return m
-    scale = _PREFIX[m.group(2) or ""]
-    return float(m.group(1)) * scale / (8.0 if m.group(3) == "b" else 1.0)
+    return _bytes_of(value, _RATE_RE, "a data rate", "400Gb/s")
 
 
 def parse_seconds(value: float | int | str) -> float:
