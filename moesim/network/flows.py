@@ -18,11 +18,13 @@ paths), so the batch takes ``max_i (f_i + lat_i) + per_message_latency_s`` (0 s 
 
 **Scale and cache.** Max-min rates do not depend on sizes, so scaling every flow by ``x`` scales
 every finish time by ``x``. A batch is therefore solved once per *shape*: its bytes divided by the
-largest entry and rounded to multiples of 2⁻²⁰, keyed by the hash of that matrix and the group.
+largest entry and rounded to multiples of 2⁻²⁰ (a non-zero entry to at least one), keyed by the
+hash of that matrix and the group.
 ``Profile.time_s(x)`` then gives the time at any scale, vectorised. Cached shapes hold per latency
 class the latest finish, which keeps the latency term exact.
 
-**Accounting.** Every transfer adds ``Σ_flows weight × bytes`` to each link it crosses:
+**Accounting.** Every transfer adds ``Σ_flows weight × bytes`` to each link it crosses (the bytes
+of its cached shape: each flow to within 2⁻²⁰ of the batch's largest flow):
 ``link_bytes()`` per router link, ``edge_bytes()`` per graph edge (a trunk's bytes split evenly
 over its parallel edges), ``utilisation(elapsed_s)`` = bytes / (nominal capacity × elapsed).
 """
@@ -255,7 +257,9 @@ class FlowNetwork:
             raise ValueError("pair_bytes must be finite and >= 0")
         np.fill_diagonal(pb, 0.0)
         scale = float(pb.max()) / _SHAPE_STEPS if pb.size else 0.0
-        shape = np.rint(pb / scale).astype(np.int64) if scale > 0 else np.zeros(pb.shape, np.int64)
+        shape = np.zeros(pb.shape, np.int64)
+        if scale > 0:  # a tiny flow keeps one step, so that its path latency still counts
+            shape = np.maximum(np.rint(pb / scale).astype(np.int64), pb > 0)
         key = (group, hashlib.blake2b(shape.tobytes(), digest_size=16).digest())
         prof = self._profiles.get(key)
         if prof is None:

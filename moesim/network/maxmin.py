@@ -1,45 +1,37 @@
 """Max-min fair bandwidth sharing by progressive filling, and the completion times of a batch.
 
-**Model.** ``L`` directed links with capacities ``c [L]`` bytes/s and ``F`` flows. Flow ``f``
-crosses link ``l`` with a *weight* ``w_fl > 0``: at rate ``r_f`` (bytes/s) it loads the link with
-``w_fl · r_f`` bytes/s.
+**Model.** ``L`` directed links with capacities ``c [L]`` bytes/s and ``F`` flows; flow ``f``
+loads link ``l`` with ``w_fl · r_f`` bytes/s at rate ``r_f``. A flow on one path has weight 1 on
+its links; a flow ECMP-split evenly over ``k`` paths is *one* flow with weight ``1/k`` on each
+path's links (summed where paths share a link), its rate the total over its paths; ``m``
+identical flows may be one flow of weight ``m`` (its rate is then per member). The incidence is
+stored padded and slot-major (``Incidence``): ``links [K, F]``, row ``k`` the ``k``-th link of
+every flow, ``L`` in unused slots, and ``weights [K, F]`` or None for ones; every step is a loop
+over the K slots of contiguous ``[F]`` gathers and ``bincount``s.
 
-* a flow on one path has weight 1 on each of its links;
-* a flow that ECMP splits evenly over ``k`` paths is *one* flow with fractional incidence: weight
-  ``1/k`` on each path's links, summed where paths share a link (so its first and last hops usually
-  keep weight 1). Its rate is the total over its paths;
-* ``m`` identical flows can be given as one flow of weight ``m``; its rate is then the per-member rate.
+**Progressive filling** (``solve_maxmin``). Unfrozen flows rise together at a level ``λ``; link
+``l`` admits ``λ ≤ (c_l − frozen load on l) / Σ_{unfrozen f on l} w_fl`` (remaining capacity /
+number of unfrozen flows with unit weights) and a demand cap bounds its flow. Each round every
+link whose share is within relative 1e-12 of the minimum saturates and freezes its unfrozen flows
+at ``λ``; capped flows freeze at their cap. The result is the unique max-min allocation: no link
+above capacity, every uncapped flow on a saturated link where no flow is faster. Bulk rounds scan
+the open flows' slots (frozen ones dropped). Once a round's saturated links hold few open flows, a
+link → flows index is built and a round also freezes, in share order, every further link none of
+whose flows froze earlier in the round, at its own share (freezing flows below a link's share only
+raises it, so that link would saturate next anyway): hundreds of textbook rounds become a few.
 
-The incidence is sparse, stored padded and slot-major: ``links [K, F]`` int32, row ``k`` holding
-the ``k``-th link of every flow and ``L`` in unused slots, with ``weights [K, F]`` or None for all
-ones (``Incidence``). Every step is then a loop over the K slots of contiguous ``[F]`` gathers and
-``bincount``s; frozen or finished flows are dropped by taking columns.
-
-**Progressive filling** (``solve_maxmin``). All unfrozen flows rise together at a common level
-``λ``. Link ``l`` admits ``λ ≤ (c_l − frozen load on l) / Σ_{unfrozen f on l} w_fl`` (its fair share
-of the remaining capacity; with unit weights: remaining capacity / number of unfrozen flows), and a
-flow's demand cap bounds its own rate. Each round the smallest bound wins: every link whose share is
-within relative 1e-12 of the round minimum saturates at once and freezes all its unfrozen flows at
-``λ``; flows whose cap is reached freeze at their cap. The result is the unique max-min fair
-allocation: no link exceeds its capacity, and every flow not at its cap crosses a saturated link on
-which no flow has a larger rate. A round costs ``O(L)`` plus ``O(slots of unfrozen flows)``; frozen
-flows are dropped, so the work shrinks as flows freeze.
-
-**Completions** (``simulate_batch``). Flows of given sizes start together; rates are re-solved when
-flows finish. To bound the number of re-solves, completions are coalesced into windows: at each
-event the flows finishing by ``(t + t_min)(1 + rtol)`` or by ``t + t_min + window_frac · LB`` leave
-together (``t_min``: earliest finish under the current rates; ``LB``: the largest link bytes /
-capacity, a lower bound of the makespan). Each flow's finish time is exact under the rates in
-force; the window's flows stop loading links at the midpoint between its first and last finish, so
-the earlier ones hold their share a little too long and the later ones free it a little early,
-errors that largely cancel (the schedule is then not strictly feasible, and a very coarse window
-can even end below ``LB``); then rates are re-solved. With one distinct finish time per window
-(``window_frac = rtol = 0``) this is the exact event loop; there are at most about
-``2 · makespan / (window_frac · LB)`` events. Measured against the exact loop on a 64-GPU
-fat-tree (4,032 flows, ~4,000 exact events) for per-destination lognormal, Zipf and i.i.d.
-exponential all-to-alls: makespan within 0.2 % at the default ``window_frac = 1e-2`` (81–97
-events), within 1.1 % at 3e-2, within 3.6 % at 0.1; holding every window's flows to its last
-finish instead (always feasible) errs +0.7–1.4 % at 1e-2.
+**Completions** (``simulate_batch``). Flows of given sizes start together; rates are re-solved as
+flows finish, coalesced into windows: the flows finishing by ``(t + t_min)(1 + rtol)`` or by
+``t + t_min + window_frac · LB`` leave together (``t_min``: earliest finish at the current rates;
+``LB``: max link bytes / capacity, a lower bound of the makespan). Finish times are exact at the
+rates in force; the window's flows stop loading links at the midpoint of its first and last finish
+(the early ones hold their share a little long, the late ones free it a little early: the errors
+largely cancel, but the schedule is not strictly feasible and a coarse window can even end below
+``LB``). ``window_frac = rtol = 0`` is the exact loop; otherwise there are at most about
+``2 · makespan / (window_frac · LB)`` events. Against the exact loop on 64- and 128-GPU fat-trees
+(per-destination lognormal, Zipf, i.i.d. exponential all-to-alls) the makespan is within 0.6 % at
+the default ``window_frac = 1e-2`` (81–109 events vs 4,032–16,246), 1.1 % at 3e-2, 3.7 % at 0.1;
+holding each window's flows to its last finish instead (always feasible) errs +0.7–1.4 % at 1e-2.
 """
 
 from __future__ import annotations
@@ -54,6 +46,11 @@ __all__ = ["BatchTimes", "Incidence", "as_incidence", "simulate_batch", "solve_m
 
 SHARE_RTOL = 1e-12
 """Links whose fair share is within this relative distance of the round minimum saturate together."""
+CSC_FACTOR = 8
+"""Switch from scanning flows to a link → flows index once a round's saturated links hold fewer
+than 1/CSC_FACTOR of the open entries."""
+CANDIDATES = 256
+"""Links examined per round, in share order, once the link → flows index is in use."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ def solve_maxmin(link_capacity: np.ndarray, flow_links: Any,
         demand = np.asarray(demand_cap, dtype=np.float64)
         if demand.shape != (inc.n_flows,) or np.any(np.isnan(demand)) or np.any(demand < 0):
             raise ValueError(f"demand_cap must be {inc.n_flows} values >= 0 bytes/s")
-    return _fill(cap, inc.links, inc.weights, demand)
+    return _Filling(cap, inc.links, inc.weights, demand, None).run()
 
 
 def _by_link(links: np.ndarray, rows: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,18 +195,9 @@ def _flows_on(csc: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray
     return flows[np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()))]
 
 
-def _fill(cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
-          demand: np.ndarray | None, *, counts: np.ndarray | None = None) -> np.ndarray:
-    """``[F]`` max-min rates of the flows ``links [K, F]`` (padded with L), see ``solve_maxmin``.
-
-    ``counts``: ``[L + 1]`` entries per link of ``links``, given by a caller that also guarantees
-    every flow names a link (skips the count and that check).
-    """
-    return _Filling(cap, links, weights, demand, counts).run()
-
-
 class _Filling:
-    """One progressive filling. The flows of the saturated links are found by scanning the open
+    """One progressive filling of the flows ``links [K, F]`` (padded with L); ``counts`` (``[L + 1]``
+    entries per link), when given, also promises that every flow names a link. The flows of the saturated links are found by scanning the open
     flows' slots (bulk rounds; open flows kept compacted) until a round's saturated links hold few
     open entries compared with all open ones; then a link → flows index is built and used."""
 
@@ -257,32 +245,68 @@ class _Filling:
                 break
             thr = level * (1.0 + SHARE_RTOL)
             done = []
+            scan = self.csc is None
             if m <= thr:
-                hit = self._saturated(live[share <= thr], level, last=dmin > thr)
+                hit = self._saturated(live, share, thr, level, dmin)
                 if hit is None:
                     break
                 done.append(hit)
             if dmin <= thr:
                 done.append(self._capped(thr, level))
-            self._retire(np.concatenate(done))
+            one_level = scan and self.csc is None and dmin > thr
+            self._retire(np.concatenate(done), level if one_level else None)
         return self.rate
 
-    def _saturated(self, sat_ids: np.ndarray, level: float, *, last: bool) -> np.ndarray | None:
-        """Freeze the open flows on links ``sat_ids`` at ``level``; None when that was all of them."""
-        if self.csc is None and 8 * int(self.cnt[sat_ids].sum()) < self.links.size:
+    def _saturated(self, live: np.ndarray, share: np.ndarray, thr: float, level: float,
+                   dmin: float) -> np.ndarray | None:
+        """Freeze the open flows on the links of ``live`` whose ``share`` is at most ``thr``, at
+        ``level``; None when that was all of them."""
+        sat_ids = live[share <= thr]
+        if self.csc is None and CSC_FACTOR * int(self.cnt[sat_ids].sum()) < self.links.size:
             self.csc = _by_link(self.links, self.rows, self.n_links)
-        if self.csc is None:
-            sat = np.zeros(self.n_links + 1, dtype=bool)
-            sat[sat_ids] = True
-            dead = _touches(sat, self.links)
-            if last and dead.all():
-                self.rate[self.rows] = level
-                return None
-            hit = self.rows[dead]
-        else:
-            hit = np.sort(_flows_on(self.csc, sat_ids))
-            hit = hit[~self.frozen[hit] & np.concatenate(([True], hit[1:] != hit[:-1]))]
+            self.first = np.full(self.rate.shape[0], np.iinfo(np.int64).max)
+        if self.csc is not None:
+            return self._saturated_by_link(live, share, thr, level, dmin)
+        sat = np.zeros(self.n_links + 1, dtype=bool)
+        sat[sat_ids] = True
+        dead = _touches(sat, self.links)
+        if dmin > thr and dead.all():
+            self.rate[self.rows] = level
+            return None
+        hit = self.rows[dead]
         self.rate[hit] = level
+        self.frozen[hit] = True
+        return hit
+
+    def _saturated_by_link(self, live: np.ndarray, share: np.ndarray, thr: float, level: float,
+                           dmin: float) -> np.ndarray:
+        """As ``_saturated``, then, in share order, also every further link none of whose open
+        flows is frozen earlier in this round, at its own share: freezing flows at a level below a
+        link's share only raises that share, so an untouched link is the next to saturate."""
+        assert self.csc is not None
+        k = max(min(live.size, CANDIDATES), int((share <= thr).sum()))
+        idx = np.argpartition(share, k - 1)[:k] if k < live.size else np.arange(live.size)
+        idx = idx[np.argsort(share[idx], kind="stable")]
+        cand, lvl = live[idx], share[idx]
+        n_tie = int(np.searchsorted(lvl, thr, side="right"))
+        lvl[:n_tie] = level
+        ranks = np.arange(k)
+        ranks[:n_tie] = 0  # the ties freeze together whatever they share
+        ptr = self.csc[0]
+        flows = _flows_on(self.csc, cand)
+        rank = np.repeat(ranks, ptr[cand + 1] - ptr[cand])
+        keep = ~self.frozen[flows]
+        flows, rank = flows[keep], rank[keep]
+        np.minimum.at(self.first, flows, rank)
+        earlier = rank[self.first[flows] < rank]  # candidates sharing a flow with an earlier one
+        self.first[flows] = np.iinfo(np.int64).max
+        stop = min(int(earlier.min()) if earlier.size else k, max(n_tie, int(np.searchsorted(lvl, dmin))))
+        flows, rank = flows[rank < stop], rank[rank < stop]
+        order = np.argsort(flows, kind="stable")
+        flows, rank = flows[order], rank[order]
+        first = np.concatenate(([True], flows[1:] != flows[:-1]))
+        hit = flows[first]
+        self.rate[hit] = lvl[rank[first]]
         self.frozen[hit] = True
         return hit
 
@@ -297,21 +321,28 @@ class _Filling:
         self.dpos = k
         return capped
 
-    def _retire(self, done: np.ndarray) -> None:
-        """Move the just-frozen flows ``done`` from the open counts to the frozen load."""
+    def _retire(self, done: np.ndarray, level: float | None) -> None:
+        """Move the just-frozen flows ``done`` from the open counts to the frozen load (``level``:
+        their common rate, when they all froze on saturated links in scan mode)."""
         self.n_open -= done.size
         if not self.n_open:
             return
+        if self.csc is None:
+            ki = np.flatnonzero(~self.frozen[self.rows])
+            self.rows, self.links = self.rows[ki], np.take(self.links, ki, axis=1)
+            self.weights = None if self.weights is None else np.take(self.weights, ki, axis=1)
+            if level is not None and ki.size < done.size:  # cheaper to recount the open flows
+                cnt = _load(self.links, None, None, self.n_links)
+                wsum = cnt if self.weights is None else _load(self.links, self.weights, None, self.n_links)
+                self.used += level * (self.wsum - wsum)
+                self.cnt, self.wsum = cnt.astype(np.int64), wsum
+                return
         dl = np.take(self.links0, done, axis=1)
         dw = None if self.weights0 is None else np.take(self.weights0, done, axis=1)
         dc = _load(dl, None, None, self.n_links)
         self.cnt -= dc.astype(np.int64)
         self.wsum -= dc if dw is None else _load(dl, dw, None, self.n_links)
         self.used += _load(dl, dw, self.rate[done], self.n_links)
-        if self.csc is None:
-            ki = np.flatnonzero(~self.frozen[self.rows])
-            self.rows, self.links = self.rows[ki], np.take(self.links, ki, axis=1)
-            self.weights = None if self.weights is None else np.take(self.weights, ki, axis=1)
 
 
 @dataclass(frozen=True)
@@ -360,7 +391,7 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
     t, events, floor = 0.0, 0, window_frac * lower
     counts = _load(links, None, None, cap.shape[0]).astype(np.int64)
     while act.size:
-        r = _fill(cap, links, weights, None, counts=counts)
+        r = _Filling(cap, links, weights, None, counts).run()
         events += 1
         with np.errstate(divide="ignore"):
             tf = rem / r

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moesim.network import maxmin
 from moesim.network.maxmin import Incidence, as_incidence, simulate_batch, solve_maxmin
 
 REL = 1e-9
@@ -127,6 +128,20 @@ def test_maxmin_certificate_and_capacities(inst: tuple[np.ndarray, Incidence, np
                       if rates[f] >= rates[w[:, j] > 0].max() * (1 - REL)]
         assert bottleneck, f"flow {f} (rate {rates[f]}) has no bottleneck link"
     assert rates == pytest.approx(_reference(cap, w, demand), rel=1e-9)
+
+
+@pytest.mark.parametrize("candidates", [1, 3, 256])
+@settings(max_examples=100, deadline=None)
+@given(inst=instances())
+def test_link_index_rounds_match_the_reference(inst: tuple[np.ndarray, Incidence, np.ndarray | None],
+                                               candidates: int) -> None:
+    # force the link -> flows index from the first round, with several links frozen per round
+    cap, inc, demand = inst
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(maxmin, "CSC_FACTOR", 10**9)
+        mp.setattr(maxmin, "CANDIDATES", candidates)
+        rates = solve_maxmin(cap, inc, demand)
+    assert rates == pytest.approx(_reference(cap, inc.dense(), demand), rel=1e-9)
 
 
 @settings(max_examples=100, deadline=None)
