@@ -20,8 +20,11 @@ Conditions:
 - *static plan*: planned once at t=0 from the then-current expected loads, never re-planned.
 
 **Engine** (``--engine``): one end-to-end ``moesim.engine.run.run`` experiment, DeepSeek-V3 (fp8)
-on 32 H100 (4-node rail), one replica, attention TP8 x DP4, EP32, ``routing.kind=drift`` with
-fast drift, EPLB re-planned every ``replan_interval_s`` with and without ``replan_delay_s``.
+on 32 H100 (4-node rail), one replica, attention TP8 x DP4, EP32, ``routing.kind=drift``, EPLB
+re-planned every ``replan_interval_s`` = 2 s with and without ``replan_delay_s``, under a decode
+workload (Poisson) and a prefill-heavy one (a queue of long prompts keeps every pass at the
+8,192-token budget). Migration pauses (weights copied at each re-plan) count in TPOT and
+throughput but not in the mean pass time.
 
     python benchmarks/eplb_seed.py             # policy-level table (about 1-2 min on one core)
     python benchmarks/eplb_seed.py --engine    # + the engine table (about 1-2 min more)
@@ -30,7 +33,13 @@ fast drift, EPLB re-planned every ``replan_interval_s`` with and without ``repla
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# one BLAS thread: the arrays are small, and on a shared box threaded BLAS slowed runs ~10x
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -162,55 +171,75 @@ def print_policy_table(rows: list[Row]) -> None:
 
 
 # ---------------------------------------------------------------------- engine run
+WORKLOADS = {  # label: (workload section, engine horizon s)
+    "decode: Poisson 40 req/s, 256 in / 256 out": (
+        {"kind": "poisson", "rate_per_s": 40, "prompt_tokens": {"kind": "fixed", "mean": 256},
+         "output_tokens": {"kind": "fixed", "mean": 256}}, None),
+    "prefill-heavy: 2,000 x (2,048 in / 32 out) at t=0, first 20 s": (
+        {"kind": "poisson", "rate_per_s": 1e5, "duration_s": 0.02, "prompt_tokens": {"kind": "fixed", "mean": 2048},
+         "output_tokens": {"kind": "fixed", "mean": 32}}, 20.0),
+}
+
+
 def engine_scenario(*, kind: str, redundant: int, interval_s: float | None, delay_s: float,
-                    tau_passes: float, duration_s: float, seed: int = 0):  # noqa: ANN201
+                    tau_passes: float, duration_s: float, workload: str | None = None, network: str | None = None,
+                    seed: int = 0):  # noqa: ANN201
     from moesim.config.schema import Scenario
     placement: dict[str, object] = {"kind": kind, "redundant_experts": redundant, "ema_decay": EMA_DECAY,
                                     "replan_delay_s": delay_s}
     if interval_s is not None:
         placement["replan_interval_s"] = interval_s
+    wl, horizon = WORKLOADS[workload or next(iter(WORKLOADS))]
+    hardware: dict[str, object] = {"gpu": "h100-sxm", "topology": "h100-4node-rail"}
+    if network is not None:
+        hardware["network"] = {"model": network}
     return Scenario.model_validate({
         "name": "eplb-seed", "seed": seed, "model": "deepseek-v3",
-        "hardware": {"gpu": "h100-sxm", "topology": "h100-4node-rail"},
+        "hardware": hardware,
         "deployment": {"replicas": 1, "gpus_per_replica": 32, "attention_tp": 8, "attention_dp": 4,
                        "ep": 32, "expert_tp": 1, "weight_dtype": "fp8"},
         "scheduler": {"max_num_seqs": 512, "max_batched_tokens": 8192},
-        "workload": {"kind": "poisson", "rate_per_s": 40, "duration_s": duration_s,
-                     "prompt_tokens": {"kind": "fixed", "mean": 256},
-                     "output_tokens": {"kind": "fixed", "mean": 256}},
+        "workload": {"duration_s": duration_s, **wl},
         # every pass draws afresh under drift, so one pooled sample per shape loses nothing and
-        # avoids costing 16 identical copies of each draw (see the perf note in the report)
+        # avoids costing 16 identical copies of each draw (same results, several times faster)
         "routing": {"kind": "drift", "zipf_s": ZIPF_S, "drift_sigma": SIGMA, "drift_tau_passes": tau_passes,
                     "samples_per_shape": 1},
         "placement": placement,
+        "engine": {"horizon_s": horizon},
     })
 
 
-def engine_table(duration_s: float) -> None:
+ENGINE_CASES = [  # label, kind, redundant, re-plan interval (s), delay (s)
+    ("contiguous, static", "contiguous", 0, None, 0.0),
+    ("EPLB R-E=0, fresh", "eplb", 0, 2.0, 0.0),
+    ("EPLB R-E=32, static plan", "eplb", 32, None, 0.0),
+    ("EPLB R-E=32, fresh", "eplb", 32, 2.0, 0.0),
+    # delay < interval: a delay >= interval loses every plan (engine bug, see the report)
+    ("EPLB R-E=32, stale (delay 1.8 s)", "eplb", 32, 2.0, 1.8),
+    ("EPLB R-E=64, fresh", "eplb", 64, 2.0, 0.0),
+]
+
+
+def engine_table(duration_s: float, network: str | None = None) -> None:
     from moesim.engine.run import run
-    interval, tau = 2.0, 80.0           # ~80 passes of ~25 ms per interval: fast drift, tau ~ 1 interval
-    cases = [
-        ("contiguous, static", "contiguous", 0, None, 0.0),
-        ("EPLB R-E=0, fresh", "eplb", 0, interval, 0.0),
-        ("EPLB R-E=32, static plan", "eplb", 32, None, 0.0),
-        ("EPLB R-E=32, fresh", "eplb", 32, interval, 0.0),
-        ("EPLB R-E=32, stale (delay 1.8 s)", "eplb", 32, interval, 0.9 * interval),
-        ("EPLB R-E=64, fresh", "eplb", 64, interval, 0.0),
-    ]
-    print(f"\nEngine: DeepSeek-V3 fp8, 32 x H100 (h100-4node-rail), EP32, Poisson 40 req/s x {duration_s:g} s, "
-          f"256 in / 256 out, drift tau {tau:g} passes sigma {SIGMA}, re-plan every {interval:g} s, EMA {EMA_DECAY}\n")
-    print("| placement | GPU imbalance (per pass) | mean pass ms | TPOT mean ms | output tok/s | re-plans | "
-          "migration pause s | weights moved GB | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, kind, red, iv, delay in cases:
-        t0 = time.perf_counter()
-        res = run(engine_scenario(kind=kind, redundant=red, interval_s=iv, delay_s=delay, tau_passes=tau,
-                                  duration_s=duration_s))
-        s = res.summary
-        pass_ms = s["busy_fraction_mean"] * s["sim_time_s"] / max(s["forward_passes"], 1) * 1e3
-        print(f"| {label} | {s['expert_imbalance_mean']:.3f} | {pass_ms:.1f} | {s['tpot_mean_s'] * 1e3:.1f} | "
-              f"{s['output_tokens_per_s']:.0f} | {s['replans']} | {s['migration_pause_s']:.2f} | "
-              f"{s['expert_weight_bytes_moved'] / 1e9:.0f} | {time.perf_counter() - t0:.1f} |")
+    tau = 80.0
+    net = f"network model {network}" if network else "default network model"
+    print(f"\nEngine: DeepSeek-V3 fp8, 32 x H100 (h100-4node-rail, {net}), attention TP8 x DP4, EP32, drift tau {tau:g} "
+          f"passes sigma {SIGMA}, EPLB global, re-plan every 2 s from an EMA ({EMA_DECAY}) of observed loads\n")
+    print("| workload | placement | GPU imbalance (per pass) | mean pass ms | TPOT mean ms | input tok/s | output tok/s | "
+          "re-plans | migration pause s | weights moved TB | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for workload in WORKLOADS:
+        for label, kind, red, iv, delay in ENGINE_CASES:
+            t0 = time.perf_counter()
+            res = run(engine_scenario(kind=kind, redundant=red, interval_s=iv, delay_s=delay, tau_passes=tau,
+                                      duration_s=duration_s, workload=workload, network=network))
+            s = res.summary
+            pass_ms = s["busy_fraction_mean"] * s["sim_time_s"] / max(s["forward_passes"], 1) * 1e3
+            print(f"| {workload.split(':')[0]} | {label} | {s['expert_imbalance_mean']:.3f} | {pass_ms:.1f} | "
+                  f"{s['tpot_mean_s'] * 1e3:.1f} | {s['input_tokens_per_s']:.0f} | {s['output_tokens_per_s']:.0f} | "
+                  f"{s['replans']} | {s['migration_pause_s']:.2f} | {s['expert_weight_bytes_moved'] / 1e12:.2f} | "
+                  f"{time.perf_counter() - t0:.1f} |")
 
 
 def main() -> None:
@@ -219,6 +248,8 @@ def main() -> None:
     ap.add_argument("--engine", action="store_true", help="also run the end-to-end engine experiment")
     ap.add_argument("--engine-only", action="store_true")
     ap.add_argument("--duration", type=float, default=10.0, help="engine: seconds of arrivals")
+    ap.add_argument("--network", choices=["simple", "flow"], default=None,
+                    help="engine: hardware.network.model (default: the schema's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not args.engine_only:
@@ -231,7 +262,7 @@ def main() -> None:
               f"Cells: mean GPU max/mean load ({time.perf_counter() - t0:.0f} s)\n")
         print_policy_table(rows)
     if args.engine or args.engine_only:
-        engine_table(args.duration)
+        engine_table(args.duration, args.network)
 
 
 if __name__ == "__main__":

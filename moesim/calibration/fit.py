@@ -12,10 +12,12 @@ Tables (seconds; every size axis strictly increasing), per timing mode:
     ``experts`` is the number of experts resident on the GPU when the kernel's time depends on it
     (fused kernels, imported tables), None when only the active ones matter (measured grouped GEMMs).
 ``attention``
-    ``[{"phase", "flops_per_pair", "kv_bytes_per_token", "rows": [{"u": u, "x": [...], "s": [...]}]}]``:
-    prefill: ``u`` = pairs / KV tokens (mean context per query token), ``x`` = KV tokens / (2u - 1),
-    the equivalent number of sequences (the batch of a fresh causal prefill of ``2u - 1`` tokens),
-    so a batch x sequence-length grid is rectangular; decode: one row ``u = 1``, ``x`` = KV tokens.
+    ``[{"phase", "flops_per_pair", "kv_bytes_per_token", "rows": [...]}]``:
+    prefill rows ``{"u": u, "x": [...], "s": [...]}``: ``u`` = pairs / KV tokens (mean context per
+    query token), ``x`` = KV tokens / (2u - 1), the equivalent number of sequences (the batch of a
+    fresh causal prefill of ``2u - 1`` tokens), so a batch x sequence-length grid is rectangular;
+    decode rows ``{"seqs": b, "kv": [...], "s": [...]}``: one row per number of sequences ``b``
+    (the sample's ``batch``; 1 where a row does not say), over KV tokens per sequence.
 ``memory``
     ``{kind: {"nbytes": [...], "s": [...]}}`` with kinds ``d2d`` (bytes read + written),
     ``h2d_pinned``, ``h2d_pageable``, ``d2h_pinned``, ``d2h_pageable`` (bytes copied).
@@ -24,7 +26,11 @@ Tables (seconds; every size axis strictly increasing), per timing mode:
 
 Duplicate measurements of one point are averaged in log space. ``fit.roofline`` holds the best
 achieved FLOP/s per dtype, the best streaming bandwidth and the launch latency: the shape of the
-fallback outside the grid. ``fit.spread`` is each op's median relative spread.
+fallback outside the grid. ``fit.spread`` is each op's median relative spread. ``fit.host`` holds
+the per-pass host costs: ``per_op_s`` (host time to issue one op), ``launch_s`` (back-to-back
+launch of a tiny kernel), ``kernel_s`` (the larger of the two: what each kernel of an eager pass
+costs on top of its measured time) and ``graph_launch_s`` (one CUDA graph replay; ``launch_s``
+where graphs were not measured).
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from moesim.hardware.calibrated import CalibratedCost
+from moesim.hardware.calibrated import CalibratedCost, host_costs
 from moesim.hardware.profile import PROVENANCE_KEYS, SAMPLE_KEYS, Profile, parse_profile, seal
 
-__all__ = ["fill_holes", "fit_profile", "fit_tables", "holdout_errors", "predict_rows", "summarise_times"]
+__all__ = ["fill_holes", "fit_profile", "fit_tables", "holdout_errors", "host_costs", "predict_rows",
+           "summarise_times"]
 
 MODES = {"eager": "median_s", "graph": "graph_median_s"}
 
@@ -142,10 +149,12 @@ def _fit_grouped(rows: list[dict[str, Any]], tkey: str) -> list[dict[str, Any]]:
     return out
 
 
-def _attn_point(phase: str, pairs: float, kv: float) -> tuple[float, float]:
-    """(row key u, x) of an attention measurement (see the module docstring)."""
+def _attn_point(phase: str, pairs: float, kv: float, seqs: float = 1.0) -> tuple[float, float]:
+    """(row key, x) of an attention measurement (see the module docstring): prefill ``(u, x)``,
+    decode ``(sequences, KV tokens per sequence)``."""
     if phase == "decode":
-        return 1.0, kv
+        seqs = max(seqs, 1.0)
+        return seqs, kv / seqs
     u = max(pairs / kv, 1.0)
     return u, kv / (2.0 * u - 1.0)
 
@@ -157,10 +166,12 @@ def _fit_attention(rows: list[dict[str, Any]], tkey: str) -> list[dict[str, Any]
             groups[(r["phase"], float(r["flops_per_pair"]), float(r["kv_bytes_per_token"]))].append(r)
     out = []
     for (phase, fpp, kvb), rs in sorted(groups.items()):
-        pts = [_attn_point(phase, float(r["pairs"]), float(r["kv_tokens"])) + (float(r[tkey]),) for r in rs]
+        pts = [_attn_point(phase, float(r["pairs"]), float(r["kv_tokens"]), float(r.get("batch") or 1))
+               + (float(r[tkey]),) for r in rs]
         variant = sorted({str(r.get("variant", "")) for r in rs} - {""})
+        keys = ("seqs", "kv") if phase == "decode" else ("u", "x")
         out.append({"phase": phase, "flops_per_pair": fpp, "kv_bytes_per_token": kvb, "variant": ",".join(variant),
-                    "rows": _rows(pts, "u", "x")})
+                    "rows": _rows(pts, *keys)})
     return out
 
 
@@ -224,7 +235,9 @@ def fit_profile(samples: dict[str, list[dict[str, Any]]], *, provenance: dict[st
         graph.update({op: tables["eager"][op] for op in filled})
         tables["graph"] = graph
     spread = {op: float(np.median([r["spread"] for r in rows])) for op, rows in samples.items() if rows}
-    fit: dict[str, Any] = {"tables": tables, "roofline": _roofline(samples, roofline), "spread": spread}
+    roof = _roofline(samples, roofline)
+    fit: dict[str, Any] = {"tables": tables, "roofline": roof, "spread": spread,
+                           "host": host_costs(samples.get("host", []), roof["launch_s"])}
     if graph:
         fit["graph_tables_from_eager"] = filled
     data = {"provenance": provenance, "settings": settings, "samples": samples, "fit": fit}
@@ -261,7 +274,8 @@ def predict_rows(profile: Profile, op: str, rows: list[dict[str, Any]], mode: st
         elif op == "attention":
             out.append(float(cost().attention_s(decode=r["phase"] == "decode", pairs=r["pairs"],
                                                 kv_tokens=r["kv_tokens"], flops_per_pair=r["flops_per_pair"],
-                                                kv_bytes_per_token=r["kv_bytes_per_token"])))
+                                                kv_bytes_per_token=r["kv_bytes_per_token"],
+                                                seqs=r.get("batch"))))
         elif op == "memory":
             out.append(float(cost().copy_s(r["kind"], r["nbytes"])))
         elif op == "collective":

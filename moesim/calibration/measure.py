@@ -12,14 +12,19 @@ What is timed (all in the model dtype, bf16, unless said otherwise):
   decode over batch x KV length, for each model's attention shape (MHA/GQA; MLA as its
   uncompressed prefill and absorbed latent decode);
 - memory: device-to-device copies; on CUDA also host<->device copies, pinned and pageable;
-- host: kernel launch latency and per-op host (dispatch) time.
+- host: kernel launch latency, per-op host (dispatch) time and, on CUDA, the launch of a CUDA
+  graph replay; a calibrated model charges a pass ``kernels x max(per-op, launch)`` eagerly and
+  one graph launch in CUDA-graph mode (``fit.host``).
 
 Timing: on CUDA, CUDA events around ``inner`` back-to-back calls after a warm-up, synchronised
 before and after, repeated ``repeats`` times; inputs rotate over enough copies to defeat the L2
 cache, as a real forward pass streams its weights. Where capture works the same calls are also
 timed as a CUDA graph replay (``graph_median_s``: kernel time without launch overhead). On CPU,
-``time.perf_counter`` around the same loop. Each row keeps the median, the relative spread and
-the repetition count.
+the same loop is timed with the CPU time of the timing thread (``time.thread_time``; torch runs
+one intra-op thread, see ``cpu_threads``), not the wall clock: on a shared machine other
+processes preempt a 10 ms forward pass far more often than a 0.1 ms kernel, and wall time would
+then inflate passes against the kernels they are predicted from (``Settings.cpu_clock="wall"``
+restores the wall clock). Each row keeps the median, the relative spread and the repetition count.
 
 A run is resumable: finished points go to ``<out>.partial.json`` as they complete, and
 ``resume=True`` skips them (the settings must match).
@@ -48,6 +53,7 @@ from moesim.calibration.reference import attention_variants, resolve_model
 from moesim.config.schema import ModelSpec
 from moesim.core.errors import ConfigError, MissingExtra
 from moesim.hardware.profile import Profile, write_profile
+from moesim.spec.model import ModelShape
 
 __all__ = ["Plan", "Settings", "Timer", "calibrate", "import_torch", "make_plan", "measure", "provenance"]
 
@@ -75,6 +81,8 @@ class Settings:
     graphs: bool = True
     """Also time CUDA graph replays (CUDA only)."""
     models: tuple[str, ...] = ()
+    cpu_clock: str = "thread"
+    """CPU only: ``thread`` (CPU time of the timing thread, immune to preemption) or ``wall``."""
 
 
 @dataclass
@@ -120,28 +128,33 @@ def make_plan(device: str, quick: bool, models: list[ModelSpec]) -> Plan:
             attn_batch=_pow2(1, 16, 2 if quick else 1), attn_seq=_pow2(128, 8192, 2 if quick else 1), attn_max_tokens=32768,
             decode_batch=_pow2(1, 256, 2 if quick else 1), decode_kv=_pow2(128, 32768, 2 if quick else 1),
             decode_max_kv_tokens=1 << 20,
-            memory_bytes=_pow2(1 << 12, 1 << 30, 2 if quick else 1), copy_bytes=_pow2(1 << 12, 1 << 28, 2), models=models)
+            memory_bytes=_pow2(1 << 8, 1 << 30, 2 if quick else 1), copy_bytes=_pow2(1 << 12, 1 << 28, 2), models=models)
     if quick:
         return Plan(
             gemm_m=[1, 8, 64], gemm_k=sorted({32, 128, *hk}), gemm_n=[8, 64, 512], gemm_dtypes=["bf16"],
             gemm_max_flops=1e9, grouped_active=[1, 4], grouped_tokens=[1, 8, 64], grouped_max_tokens=512,
             attn_batch=[1, 4], attn_seq=[4, 16, 64], attn_max_tokens=1024, decode_batch=[1, 4],
-            decode_kv=[4, 32, 256], decode_max_kv_tokens=4096, memory_bytes=[1 << 12, 1 << 16, 1 << 20],
+            decode_kv=[4, 32, 256], decode_max_kv_tokens=4096, memory_bytes=[1 << 8, 1 << 12, 1 << 16, 1 << 20],
             copy_bytes=[], models=models)
-    # CPU, full: the GEMM axes include the models' own dimensions, so validation stays in the grid
+    # CPU, full: the GEMM axes include the GEMMs the pass model asks for (k = hidden, n = the
+    # attention projections, dense / shared FFNs, router and LM head), so validation stays in the grid
     ks, ns = set(hk), set()
     for m in models:
-        a = m.attention
-        ns |= {m.hidden_size, m.vocab_size, a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)}
+        a, sh, d = m.attention, ModelShape.build(m), m.hidden_size
+        ns |= {d, m.vocab_size, sh.attn_params // d}
         ks |= {a.n_heads * a.head_dim}
+        if sh.n_dense_layers:
+            ns |= {sh.dense_ffn_params // d}
         if m.moe:
             ns |= {m.moe.n_routed_experts, 3 * m.moe.expert_intermediate}
+            if sh.shared_params:
+                ns |= {sh.shared_params // d}
     return Plan(
         gemm_m=[1, 4, 16, 64, 256], gemm_k=sorted({32, 128, *ks}), gemm_n=sorted({8, 64, 512, *ns}),
         gemm_dtypes=["bf16"], gemm_max_flops=4e9, grouped_active=[1, 2, 4, 8], grouped_tokens=[1, 4, 16, 64, 256],
         grouped_max_tokens=2048, attn_batch=[1, 2, 4, 8], attn_seq=[4, 16, 64, 256], attn_max_tokens=2048,
         decode_batch=[1, 4, 16], decode_kv=[4, 32, 256, 1024], decode_max_kv_tokens=16384,
-        memory_bytes=[1 << 12, 1 << 16, 1 << 20, 1 << 24], copy_bytes=[], models=models)
+        memory_bytes=[1 << 8, 1 << 12, 1 << 16, 1 << 20, 1 << 24], copy_bytes=[], models=models)
 
 
 # --------------------------------------------------------------------------- timing
@@ -152,6 +165,7 @@ class Timer:
         self.torch = torch
         self.s = settings
         self.cuda = settings.device == "cuda"
+        self.clock = time.thread_time if not self.cuda and settings.cpu_clock == "thread" else time.perf_counter
 
     def _sync(self) -> None:
         if self.cuda:
@@ -161,10 +175,10 @@ class Timer:
         trials = []
         for _ in range(3):
             self._sync()
-            t0 = time.perf_counter()
+            t0 = self.clock()
             fn()
             self._sync()
-            trials.append(time.perf_counter() - t0)
+            trials.append(self.clock() - t0)
         one = max(min(trials), 1e-7)
         return int(min(max(1, math.ceil(self.s.min_rep_s / one)), self.s.max_inner))
 
@@ -182,9 +196,9 @@ class Timer:
             torch.cuda.synchronize()
             return [a.elapsed_time(b) / 1e3 / inner for a, b in zip(starts, ends)]
         for _ in range(self.s.repeats):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             run()
-            times.append((time.perf_counter() - t0) / inner)
+            times.append((self.clock() - t0) / inner)
         return times
 
     def time(self, fn: Callable[[], Any]) -> dict[str, Any]:
@@ -474,14 +488,23 @@ def _host_tasks(torch: Any, timer: Timer, device: str) -> Iterator[Task]:
         x = torch.zeros(1, device=device)
         times = []
         for _ in range(timer.s.repeats):
-            t0 = time.perf_counter()
+            t0 = timer.clock()
             for _ in range(200):
                 x.add_(1.0)
-            times.append((time.perf_counter() - t0) / 200)
+            times.append((timer.clock() - t0) / 200)
         timer._sync()
         return {"kind": "per_op", **summarise_times(times)}
+    def graph_launch() -> dict[str, Any]:
+        # one replay of a captured one-kernel graph: what a CUDA-graph pass pays on the host
+        x = torch.zeros(1, device=device)
+        graph = timer._graph(lambda: x.add_(1.0), 1)
+        if graph is None:
+            return {"skipped": "CUDA graph capture failed"}
+        return {"kind": "graph_launch", **timer.time(graph.replay)}
     yield "host", "host/launch", launch
     yield "host", "host/per_op", per_op
+    if device == "cuda" and timer.s.graphs:
+        yield "host", "host/graph_launch", graph_launch
 
 
 # --------------------------------------------------------------------------- provenance

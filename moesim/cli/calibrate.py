@@ -26,6 +26,11 @@ __all__ = ["register", "validate"]
 GPU_PRESETS = (("h200", "h200"), ("h800", "h800"), ("b200", "b200"), ("a100", "a100-80gb"), ("h100", "h100-sxm"))
 
 
+SCALE_HELP = ("shrink preset widths by this factor, e.g. 1/16 (hidden, vocab, intermediate sizes, LoRA ranks, "
+              "heads, experts; per-head dims, top-k and layers kept), or PRESET@1/16; 'auto' (default): 1 on "
+              "cuda, on cpu down to a hidden size <= 512 (deepseek-v3: 1/16). Use the same on calibrate and validate")
+
+
 def register(subparsers: Any) -> None:
     """Add the ``calibrate`` and ``validate`` subcommands."""
     c = subparsers.add_parser("calibrate", help="measure this GPU's kernels (torch) and write a calibration profile")
@@ -35,6 +40,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--resume", action="store_true", help="continue from <out>.partial.json")
     c.add_argument("--model", action="append", metavar="PRESET",
                    help="model whose expert / attention shapes to measure (repeatable; 'tiny' on CPU)")
+    c.add_argument("--scale", default="auto", help=SCALE_HELP)
     c.add_argument("--from-aiconfigurator", metavar="DIR",
                    help="import an aiconfigurator perf-data tree instead of measuring")
     c.add_argument("--system", default="h200_sxm", help="aiconfigurator system folder (default h200_sxm)")
@@ -44,6 +50,7 @@ def register(subparsers: Any) -> None:
     v.add_argument("--profile", required=True, help="calibration profile (moesim calibrate)")
     v.add_argument("--model", default=None, help="model preset, or the built-in 'tiny' / 'small' shapes (default: tiny on cpu, olmoe-1b-7b on cuda)")
     v.add_argument("--layers", type=int, default=None, help="keep only this many layers (to fit one GPU)")
+    v.add_argument("--scale", default="auto", help=SCALE_HELP)
     v.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: the profile's device")
     v.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
     v.add_argument("-o", "--output", default=None, help="output folder (default reports/validate-<model>)")
@@ -73,8 +80,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(holdout_markdown(report))
         return 0
     from moesim.calibration.measure import calibrate
+    from moesim.calibration.reference import scaled_name
     device = args.device or _default_device()
-    models = tuple(args.model) if args.model else None
+    models = tuple(scaled_name(m, device, args.scale) for m in args.model) if args.model else None
     prof = calibrate(args.out, device=device, quick=args.quick, resume=args.resume, models=models, command=_argv())
     n = {op: len(rows) for op, rows in prof.samples.items()}
     print(f"wrote {args.out}: {prof.describe()}")
@@ -119,12 +127,17 @@ def _gpu_preset(profile: Any) -> str:
     return next((preset for key, preset in GPU_PRESETS if key in name), "h100-sxm")
 
 
-def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], mode: str) -> list[dict[str, Any]]:
+def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], mode: str, *,
+                  impl: str = "grouped_mm") -> list[dict[str, Any]]:
     """Simulated pass times of ``cases`` (mean over routing samples) with out-of-domain counts.
 
     The scenario: one replica on one GPU, uniform routing (a random-weight router spreads tokens
-    evenly), zero framework host overhead (the reference loop has no scheduler or sampler).
+    evenly), zero framework host overhead (the reference loop has no scheduler or sampler). The
+    host overhead is the calibrated launch cost of the kernels the reference forward launches
+    (``kernels_per_pass`` with the grouped-expert ``impl`` it ran): their count x the measured
+    per-kernel overhead eagerly, one graph launch in graph mode (``CalibratedCost.host_overhead_s``).
     """
+    from moesim.calibration.reference import kernels_per_pass
     from moesim.config.schema import CostCfg, DeploymentCfg, HardwareCfg, RoutingLoadCfg, Scenario
     from moesim.core.rng import RngStreams
     from moesim.engine.build import build_deployment
@@ -147,27 +160,35 @@ def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], 
             g = GroupBatch(prefill_chunk=np.full(b, case.tokens, np.int64), prefill_prior=np.zeros(b, np.int64))
         else:
             g = GroupBatch(decode_ctx=np.full(b, case.tokens, np.int64))
+        if hasattr(cost, "kernels_per_pass"):
+            cost.kernels_per_pass = kernels_per_pass(spec, case.phase, impl=impl, tokens=g.tokens)
         before = sum(getattr(cost, "out_of_domain", {}).values())
         n = scenario.routing.samples_per_shape
         t = float(np.mean([pcm.pass_times([g], 1, np.array([i]))[0] for i in range(n)]))
         ood = sum(getattr(cost, "out_of_domain", {}).values()) - before
-        out.append({"predicted_s": t, "ood_queries": int(ood)})
+        out.append({"predicted_s": t, "ood_queries": int(ood), "host_s": float(cost.host_overhead_s)})
     return out
 
 
 def validate(profile_path: str, *, model: str | None = None, layers: int | None = None, device: str | None = None,
-             quick: bool = False, out: str | Path | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Measure the reference model and predict the same passes; write CSV, markdown and HTML to ``out``."""
+             quick: bool = False, out: str | Path | None = None,
+             scale: str | float | None = "auto") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Measure the reference model and predict the same passes; write CSV, markdown and HTML to ``out``.
+
+    ``scale``: shrink a preset's widths (``auto``: on CPU down to a hidden size <= 512, see
+    ``reference.scaled_name``); calibrate with the same scale so the shapes were measured."""
     from moesim.calibration import load_profile
-    from moesim.calibration.reference import resolve_model, time_cases
+    from moesim.calibration.reference import resolve_model, scaled_name, time_cases
 
     profile = load_profile(profile_path)
     device = device or str(profile.provenance.get("device") or "cpu")
-    spec = resolve_model(model or ("tiny" if device == "cpu" else "olmoe-1b-7b"), layers=layers)
+    name = scaled_name(model or ("tiny" if device == "cpu" else "olmoe-1b-7b"), device, scale)
+    spec = resolve_model(name, layers=layers)
     cases = default_cases(device, quick)
     measured = time_cases(spec, cases, device=device, quick=quick)
     modes = ["eager"] + (["graph"] if "graph" in profile.modes() else [])
-    preds = {m: predict_cases(profile_path, profile, spec, cases, m) for m in modes}
+    impl = measured[0]["impl"] if measured else "grouped_mm"
+    preds = {m: predict_cases(profile_path, profile, spec, cases, m, impl=impl) for m in modes}
     rows = []
     for i, (case, meas) in enumerate(zip(cases, measured)):
         for m in modes:
@@ -177,7 +198,7 @@ def validate(profile_path: str, *, model: str | None = None, layers: int | None 
             p = preds[m][i]
             rows.append({"model": spec.name, "phase": case.phase, "batch": case.batch, "tokens": case.tokens,
                          "mode": m, "measured_ms": 1e3 * meas[key], "spread_pct": 100 * meas[spread_key],
-                         "predicted_ms": 1e3 * p["predicted_s"],
+                         "predicted_ms": 1e3 * p["predicted_s"], "host_ms": 1e3 * p["host_s"],
                          "error_pct": 100 * (p["predicted_s"] / meas[key] - 1.0), "ood_queries": p["ood_queries"],
                          "impl": meas["impl"]})
     errs = np.abs([r["error_pct"] for r in rows]) if rows else np.zeros(1)
@@ -190,7 +211,7 @@ def validate(profile_path: str, *, model: str | None = None, layers: int | None 
     return rows, meta
 
 
-COLUMNS = ["model", "phase", "batch", "tokens", "mode", "measured_ms", "spread_pct", "predicted_ms", "error_pct",
+COLUMNS = ["model", "phase", "batch", "tokens", "mode", "measured_ms", "spread_pct", "predicted_ms", "host_ms", "error_pct",
            "ood_queries", "impl"]
 
 
@@ -270,7 +291,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
 def cmd_validate(args: argparse.Namespace) -> int:
     model = args.model
     out = Path(args.output or Path("reports") / f"validate-{model or 'default'}")
-    rows, meta = validate(args.profile, model=model, layers=args.layers, device=args.device, quick=args.quick, out=out)
+    rows, meta = validate(args.profile, model=model, layers=args.layers, device=args.device, quick=args.quick, out=out,
+                          scale=args.scale)
     print(markdown(rows, meta), end="")
     print(f"  wrote {out}/validate.{{csv,md,html,json}}")
     return 0

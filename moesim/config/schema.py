@@ -152,6 +152,25 @@ class CostCfg(Frozen):
     """kind=constant: every forward pass takes this long (for tests and queueing checks)."""
 
 
+class NetworkCfg(Frozen):
+    """How communication is costed (see docs/scenarios.md, network section)."""
+
+    model: Literal["simple", "flow"] = "flow"
+    """``flow``: collectives are batches of flows sharing links by max-min fairness on the
+    topology's real paths, per-link bytes are recorded, and replicas whose traffic crosses the
+    same links slow each other down. ``simple``: closed forms on pair bottlenecks, no sharing."""
+    ecmp: Literal["split", "hash"] = "split"
+    """Equal-cost paths: split each flow evenly, or hash each (src, dst) pair onto one path."""
+    all_reduce: Literal["ring", "auto"] = "auto"
+    """TP all-reduce algorithm: ring, or the cheapest of ring / two-shot / one-shot."""
+    contention: bool = True
+    """model=flow: replicas whose traffic crosses the same links slow each other down (those
+    replicas step pass by pass instead of fast-forwarding). False: each replica has the network to itself."""
+    all_to_all: Literal["congestion", "maxmin"] = "congestion"
+    """model=flow: cost dispatch / combine by the per-link congestion bound on the real paths
+    (vectorised, fast), or solve each as a max-min batch with completions (exact, ~ms each)."""
+
+
 class HardwareCfg(Frozen):
     """Which GPU, which cluster topology, and how costs are modelled."""
 
@@ -162,6 +181,7 @@ class HardwareCfg(Frozen):
     calibration: str | None = None
     """Path to a measured calibration profile (moesim calibrate); None = roofline."""
     cost: CostCfg = CostCfg()
+    network: NetworkCfg = NetworkCfg()
 
 
 class DeploymentCfg(Frozen):

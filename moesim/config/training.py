@@ -211,6 +211,9 @@ class RouterDynamicsCfg(Frozen):
     (domain-specific batches: small = skewed micro-batches); None: no extra dispersion."""
     phases: PhasesCfg | None = None
     """Implicit balancing pressure over the run (surge, stabilisation, relaxation); None: off."""
+    warmup_steps: int = Field(0, ge=0)
+    """Train the router and gate this many steps on expected loads before the first simulated
+    step (to simulate mid-training steps with a converged balancer); drift and phases count them."""
 
 
 class StragglerCfg(Frozen):
@@ -267,6 +270,9 @@ class TrainingCfg(Frozen):
     """Activation recomputation: none, the ``recompute_modules`` (selective), or whole layers (full)."""
     recompute_modules: tuple[RecomputeModule, ...] = ("core_attn",)
     """recompute=selective: which modules' activations are dropped and recomputed in backward."""
+    moe_activation_dtype: Dtype = "bf16"
+    """Dtype of the routed experts' saved inputs and SwiGLU activations (``fp8``: DeepSeek-V3's
+    low-precision activation caching); expert outputs stay in bf16."""
     gate: GateCfg = GateCfg()
     router: RouterDynamicsCfg = RouterDynamicsCfg()
     stragglers: StragglerCfg = StragglerCfg()

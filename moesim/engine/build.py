@@ -14,6 +14,8 @@ from moesim.hardware.cost import CostModel, build_cost_model
 from moesim.hardware.profile import Profile, ProfileError, load_profile
 from moesim.engine.memory import MemoryBudget, memory_budget
 from moesim.network.collectives import CollectiveCost, SimpleCollectives
+from moesim.network.flow_collectives import FlowCollectives
+from moesim.network.link_load import LinkLoadCollectives
 from moesim.network.topology import Topology
 from moesim.spec.model import ModelShape
 
@@ -96,6 +98,17 @@ def load_calibration(spec: str | None) -> tuple[Profile | None, str]:
     return profile, mode
 
 
+def build_collectives(scenario: Scenario, topo: Topology) -> CollectiveCost:
+    """The communication model ``hardware.network`` names (free with the constant cost model)."""
+    cost_cfg, net = scenario.hardware.cost, scenario.hardware.network
+    if cost_cfg.kind == "constant":
+        return ZeroCollectives()
+    if net.model == "flow":
+        kind = LinkLoadCollectives if net.all_to_all == "congestion" else FlowCollectives
+        return kind(topo, efficiency=cost_cfg.network_efficiency, all_reduce_algorithm=net.all_reduce, ecmp=net.ecmp)
+    return SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency, all_reduce_algorithm=net.all_reduce)
+
+
 def build_deployment(scenario: Scenario) -> Deployment:
     """Resolve presets, check parallelism and memory, build cost and network models."""
     model, gpu = resolve_model(scenario), resolve_gpu(scenario)
@@ -110,9 +123,7 @@ def build_deployment(scenario: Scenario) -> Deployment:
     profile, mode = load_calibration(scenario.hardware.calibration)
     cost = build_cost_model(gpu, cost_cfg, weight_dtype=dep.weight_dtype, activation_dtype=dep.activation_dtype,
                             profile=profile, profile_mode=mode)
-    coll: CollectiveCost = (ZeroCollectives() if cost_cfg.kind == "constant"
-                            else SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency,
-                                               all_reduce_algorithm="auto"))
+    coll = build_collectives(scenario, topo)
     g = dep.gpus_per_replica
     replica_gpus = tuple(tuple(range(r * g, (r + 1) * g)) for r in range(dep.replicas))
     return Deployment(model, gpu, shape, topo, cost, coll, budget, replica_gpus)

@@ -90,8 +90,9 @@ def moe_layers_cost(gemm_tokens: np.ndarray, shape: MoeShape, cost: CostModel, c
     """
     rank_tokens = gemm_tokens.sum(axis=-1)                                           # [..., L, P]
     gemm = cost.grouped_ffn_s(gemm_tokens, shape.hidden, shape.intermediate_per_gpu)  # [..., L, P]
-    a2a = np.asarray(coll.all_to_all_s(shape.gpus, _dispatch_bytes(rank_tokens, shape)))
-    comm = 2.0 * a2a
+    dispatch = _dispatch_bytes(rank_tokens, shape)
+    comm = (np.asarray(coll.all_to_all_s(shape.gpus, dispatch))                         # tokens out
+            + np.asarray(coll.all_to_all_s(shape.gpus, np.swapaxes(dispatch, -1, -2))))  # results back
     transfer = np.zeros_like(comm)
     foreign = np.zeros(rank_tokens.shape)
     if weight_pairs is not None and np.any(weight_pairs):

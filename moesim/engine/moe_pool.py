@@ -8,10 +8,12 @@ placement (re-planning) empties the pools.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.engine.traffic import capture_link_bytes
 from moesim.engine.moe_layer import (
     MoeShape, gemm_tokens_from_decision, moe_layers_cost, transfer_bytes)
 from moesim.hardware.cost import CostModel
@@ -46,6 +48,8 @@ class MoePool:
     comm_s: np.ndarray
     peak_act_bytes: np.ndarray
     oom: np.ndarray
+    link_bytes: np.ndarray | None = None
+    """``[n_links]`` mean bytes per pass on each link (flow network model only)."""
 
 
 def _imbalance(rank_load: np.ndarray) -> np.ndarray:
@@ -128,6 +132,12 @@ class MoeRuntime:
         """Cost ``counts [S, L, E]``; a single non-stationary draw is tiled to ``samples`` copies."""
         if counts.shape[0] < self.samples:
             counts = np.repeat(counts, self.samples, axis=0)
+        pool, links = capture_link_bytes(self.coll, lambda: self._cost(counts))
+        if links is not None:
+            pool = dataclasses.replace(pool, link_bytes=links / counts.shape[0])
+        return pool
+
+    def _cost(self, counts: np.ndarray) -> MoePool:
         s, n_layers, n_exp = counts.shape
         p = self.placement.n_gpus
         if self.balancer is None:

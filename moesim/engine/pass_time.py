@@ -1,8 +1,9 @@
 """Forward-pass time of one replica, computed (not simulated) with numpy over layers x ranks.
 
 A pass is: for every layer, attention (projections, core, TP all-reduces) on each attention-DP
-group, then either a dense FFN or an MoE block (router, dispatch all-to-all, grouped expert GEMMs
-per EP rank, combine all-to-all, shared experts), plus the LM head and a fixed host overhead.
+group, then either a dense FFN or an MoE block (router GEMM, softmax / top-k, token permute,
+dispatch all-to-all, grouped expert GEMMs per EP rank, combine all-to-all, weighted unpermute,
+shared experts), plus the LM head and a fixed host overhead.
 EP is synchronous, so an MoE layer costs its slowest rank; DP groups run in parallel, so the
 attention side costs its slowest group (taken over the whole pass, see ``pass_times``).
 
@@ -21,6 +22,7 @@ from moesim.hardware.cost import CostModel
 from moesim.network.collectives import CollectiveCost
 from moesim.spec.model import ModelShape
 from moesim.engine.moe_pool import MoePool, MoeRuntime
+from moesim.engine.traffic import capture_link_bytes
 
 __all__ = ["GroupBatch", "PassCostModel"]
 
@@ -71,27 +73,57 @@ class PassCostModel:
     # ------------------------------------------------------------------ token-count parts
     def group_static_s(self, tokens: int, seqs: int) -> float:
         """Everything in one DP group's pass except the attention core and routed experts (s)."""
+        return self._static_entry(tokens, seqs)[0]
+
+    def _static_entry(self, tokens: int, seqs: int) -> tuple[float, float, np.ndarray | None]:
+        """(seconds, of which TP communication, link bytes [n_links] or None) of a group (cached)."""
         key = (tokens, seqs)
         hit = self._static.get(key)
-        if hit is not None:
-            return hit
+        if hit is None:
+            (total, comm), links = capture_link_bytes(self.coll, lambda: self._static_cost(tokens, seqs))
+            hit = self._static[key] = (total, comm, links)
+        return hit
+
+    def _static_cost(self, tokens: int, seqs: int) -> tuple[float, float]:
         sh, m, c, t = self.shape, self.shape.model, self.cost, self.dep.attention_tp
         d, ab = self.hidden, sh.act_bytes_per_elem
+        # two all-reduces per layer (after attention and after the FFN / MoE block), Megatron style
+        comm = m.n_layers * sum(self.coll.all_reduce_s(self.tp_group, tokens * d * ab) for _ in range(2))
         per_layer = (c.gemm_s(tokens, d, sh.attn_params // (d * t))
-                     + c.memory_s(4.0 * tokens * d * ab)                       # norms, residuals, rope
-                     + 2.0 * self.coll.all_reduce_s(self.tp_group, tokens * d * ab))
+                     + c.memory_s(4.0 * tokens * d * ab))                      # norms, residuals, rope
         total = m.n_layers * per_layer
         if sh.n_dense_layers:
             total = total + sh.n_dense_layers * c.gemm_s(tokens, d, sh.dense_ffn_params // (d * t))
         if m.moe is not None:
-            moe_side = c.gemm_s(tokens, d, m.moe.n_routed_experts)
+            e, k = m.moe.n_routed_experts, m.moe.top_k
+            small = np.array([tokens * (e * ab + 8.0 * k),                      # router softmax + top-k (w, id)
+                              2.0 * tokens * k * d * ab,                          # permute: gather T·k rows
+                              (k + 1.0) * tokens * d * ab])                       # unpermute: weighted scatter-add
+            moe_side = c.gemm_s(tokens, d, e) + c.memory_s(small).sum()
             if sh.shared_params:
                 moe_side = moe_side + c.gemm_s(tokens, d, sh.shared_params // (d * t))
             total = total + m.n_moe_layers * moe_side
         total = total + c.gemm_s(seqs, d, m.vocab_size // t)                   # LM head
-        value = float(total)
-        self._static[key] = value
-        return value
+        return float(total + comm), float(comm)
+
+    def traffic(self, groups: list[GroupBatch], sample_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(comm_s [steps], link_bytes [n_links] per pass or None)`` of the passes ``pass_times``
+        costed: TP all-reduces of the slowest group plus the MoE dispatch / combine / weight copies."""
+        tp_comm, links, tokens = 0.0, None, 0
+        for g in groups:
+            if g.seqs == 0:
+                continue
+            tokens += g.tokens
+            _, comm, lb = self._static_entry(g.tokens, g.seqs)
+            tp_comm = max(tp_comm, comm)
+            links = lb if links is None else (links + lb if lb is not None else links)
+        moe = np.zeros(sample_idx.size)
+        if self.moe is not None and tokens > 0:
+            pool = self.moe.pool_of_pass(tokens)
+            moe = pool.comm_s[sample_idx]
+            if pool.link_bytes is not None:
+                links = pool.link_bytes if links is None else links + pool.link_bytes
+        return tp_comm + moe, links
 
     def moe_pool(self, tokens: int) -> MoePool:
         """Routing draws and routed-expert costs for a pass of ``tokens`` tokens (cached)."""
@@ -100,23 +132,23 @@ class PassCostModel:
         if self._no_moe is None:
             z, n = np.zeros(1), np.zeros((1, 0, 0), np.int64)
             self._no_moe = MoePool(n, n, z, np.ones(1), np.ones(1), np.zeros(1, np.int64), z, z,
-                                   np.zeros((1, 0)), np.zeros(1, bool))
+                                   np.zeros((1, 0)), np.zeros(1, bool), None)
         return self._no_moe
 
     # ------------------------------------------------------------------ attention core
     def _decode_core_s(self, ctx: np.ndarray, steps: int) -> np.ndarray:
         """``[steps]`` decode attention of a group whose sequences hold ``ctx`` tokens at step 0."""
-        n = ctx.size
+        n = ctx.size                                                         # sequences: constant over the steps
         j = np.arange(steps, dtype=np.float64)
         full = float(ctx.sum() + n) + n * j                                  # pairs = kv tokens read
         out = self.n_full * self.cost.attention_s(decode=True, pairs=full, kv_tokens=full,
                                                   flops_per_pair=self.fpp_decode,
-                                                  kv_bytes_per_token=self.kv_bytes_tok_layer)
+                                                  kv_bytes_per_token=self.kv_bytes_tok_layer, seqs=n)
         if self.n_slide:
             slide = np.minimum(ctx[None, :] + 1 + j[:, None], self.window).sum(axis=1)
             out = out + self.n_slide * self.cost.attention_s(decode=True, pairs=slide, kv_tokens=slide,
                                                              flops_per_pair=self.fpp_decode,
-                                                             kv_bytes_per_token=self.kv_bytes_tok_layer)
+                                                             kv_bytes_per_token=self.kv_bytes_tok_layer, seqs=n)
         return out
 
     def _prefill_core_s(self, chunk: np.ndarray, prior: np.ndarray) -> float:
@@ -124,9 +156,10 @@ class PassCostModel:
         c, p = chunk.astype(np.float64), prior.astype(np.float64)
         pairs = float((c * p + c * (c + 1) / 2).sum())
         kv = float((p + c).sum())
+        n = chunk.size                                                       # prompt chunks
         out = self.n_full * self.cost.attention_s(decode=False, pairs=pairs, kv_tokens=kv,
                                                   flops_per_pair=self.fpp_prefill,
-                                                  kv_bytes_per_token=self.kv_bytes_tok_layer)
+                                                  kv_bytes_per_token=self.kv_bytes_tok_layer, seqs=n)
         if self.n_slide:
             w = float(self.window)
             # sum_{i=1..c} min(p + i, w), per sequence
@@ -135,7 +168,7 @@ class PassCostModel:
             kv_s = float(np.minimum(p + c, w).sum())
             out = out + self.n_slide * self.cost.attention_s(decode=False, pairs=pairs_s, kv_tokens=kv_s,
                                                              flops_per_pair=self.fpp_prefill,
-                                                             kv_bytes_per_token=self.kv_bytes_tok_layer)
+                                                             kv_bytes_per_token=self.kv_bytes_tok_layer, seqs=n)
         return float(out)
 
     # ------------------------------------------------------------------ whole pass

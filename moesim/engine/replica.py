@@ -18,6 +18,7 @@ import numpy as np
 
 from moesim.engine.moe_pool import MoeStats
 from moesim.engine.pass_time import GroupBatch
+from moesim.engine.traffic import LinkStats, SharedLinks
 
 if TYPE_CHECKING:
     import simpy
@@ -68,7 +69,7 @@ class Replica:
                  sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
                  queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
                  fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None,
-                 timeseries_bin_s: float = 1.0) -> None:
+                 timeseries_bin_s: float = 1.0, shared: SharedLinks | None = None) -> None:
         self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler
         self.req, self.log, self.passes, self.queue = requests, log, passes, queue
         self.dp = dp_groups
@@ -87,6 +88,11 @@ class Replica:
         self.moe_stats = (MoeStats(moe.placement.n_layers, moe.placement.n_experts, moe.placement.n_gpus,
                                    bin_s=timeseries_bin_s) if moe is not None else None)
         self.replanner = replanner
+        net = getattr(pcm.coll, "network", None)
+        self.links = LinkStats(net.tier, bin_s=timeseries_bin_s) if net is not None else None
+        self.shared = shared if shared is not None and shared.contended[index] else None
+        """Set when this replica's traffic can cross links another replica uses (no fast-forward)."""
+        self._stretch = 1.0
         self.clock = 0.0
         self.process = env.process(self.serve())
 
@@ -197,7 +203,8 @@ class Replica:
 
     def _run_length(self, plan: Plan) -> int:
         """Passes the current decode-only batch can run unchanged (≥ 1)."""
-        if (not self.fast_forward or not plan.decode or plan.prefill or plan.preempted or plan.skipped
+        if (not self.fast_forward or self.shared is not None or not plan.decode or plan.prefill
+                or plan.preempted or plan.skipped
                 or len(plan.decode) != len(self.running)
                 or (self.pcm.moe is not None and not self.pcm.moe.stationary)):
             return 1
@@ -238,6 +245,8 @@ class Replica:
             first = self.passes.passes
             idx = self.sampler.indices(first, k)
             durs = self.pcm.pass_times(groups, k, idx)
+            if self.shared is not None:
+                durs = self._contend(groups, idx, durs)
             ends = np.cumsum(np.concatenate(([self.clock], durs)))[1:]
             if k > 1:
                 k = self._cap_at_boundaries(ends, durs, k)
@@ -254,6 +263,17 @@ class Replica:
                     yield env.timeout(max(0.0, ends[k - 1] - env.now))
             self.clock = float(ends[k - 1])
             self._commit(plan, groups, k, durs[:k], ends[:k], idx[:k])
+
+    def _contend(self, groups: list[GroupBatch], idx: np.ndarray, durs: np.ndarray) -> np.ndarray:
+        """Stretch this pass's communication by the traffic other replicas have in flight on shared
+        links, and register this pass's own traffic until it commits."""
+        comm, links = self.pcm.traffic(groups, idx)
+        if links is None or not links.any():
+            return durs
+        self._stretch = self.shared.slowdown(self.index, links)
+        durs = durs + comm * (self._stretch - 1.0)
+        self.shared.begin(self.index, links, float(durs[0]))
+        return durs
 
     def _cap_at_boundaries(self, ends: np.ndarray, durs: np.ndarray, k: int) -> int:
         """Shorten a run so it neither ends past the horizon nor starts a pass after a re-plan is due."""
@@ -282,10 +302,16 @@ class Replica:
             imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx, ends - durs)
         else:
             imbalance, comm = np.ones(k), np.zeros(k)
+        comm_s, links = self.pcm.traffic(groups, idx)
+        if self.shared is not None:
+            self.shared.end(self.index)
+            comm_s, self._stretch = comm_s * self._stretch, 1.0
+        if links is not None and self.links is not None:
+            self.links.record(links, ends - durs)
         self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
                         prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
                         kv_blocks=kv, tokens=np.full(k, tokens), sample=idx, imbalance=imbalance,
-                        moe_comm_s=comm)
+                        moe_comm_s=comm, comm_s=np.broadcast_to(comm_s, (k,)))
         now = float(ends[-1])
         gen = self.log.generated
         for s in plan.decode:

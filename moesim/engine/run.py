@@ -21,6 +21,7 @@ from moesim.engine.replan import Replanner
 from moesim.engine.pass_time import PassCostModel
 from moesim.engine.replica import Replica
 from moesim.engine.sampler import PassSampler
+from moesim.engine.traffic import SharedLinks, link_tables
 from moesim.hardware.calibrated import CalibratedCost
 from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
 from moesim.metrics.result import RunResult
@@ -61,6 +62,9 @@ def _pass_models(scenario: Scenario, d: Deployment, streams: RngStreams) -> list
 
 def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     """Simulate ``scenario`` and return its records, summary and provenance."""
+    if scenario.training is not None:  # the training simulator (issue 6)
+        from moesim.engine.training import run_training
+        return run_training(scenario, progress=progress)
     wall0 = time.perf_counter()
     d = build_deployment(scenario)
     streams = RngStreams(scenario.seed)
@@ -71,6 +75,9 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     pcms = _pass_models(scenario, d, streams)
     dep, sched = scenario.deployment, scenario.scheduler
     kv_blocks = d.budget.kv_capacity_tokens // sched.kv_block_tokens
+    net = getattr(d.collectives, "network", None)
+    shared = (SharedLinks(net, d.replica_gpus)
+              if net is not None and dep.replicas > 1 and scenario.hardware.network.contention else None)
     replicas = [
         Replica(index=i, env=env, cfg=sched, pcm=pcms[i],
                 sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
@@ -78,7 +85,7 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
                 fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s,
                 replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i]),
-                timeseries_bin_s=scenario.engine.timeseries_bin_s)
+                timeseries_bin_s=scenario.engine.timeseries_bin_s, shared=shared)
         for i in range(dep.replicas)
     ]
     router = ROUTERS.build(scenario.router.kind)
@@ -92,6 +99,12 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     if isinstance(d.cost, CalibratedCost):
         summary.update(calibration_summary(d.cost, summary))
     busy = float(sum(p.column("duration_s").sum() for p in pass_logs))
+    summary["comm_fraction"] = (float(sum(p.column("comm_s").sum() for p in pass_logs)) / busy) if busy else None
+    links = links_ts = None
+    stats = [r.links for r in replicas if r.links is not None]
+    if stats:
+        links, links_ts, link_summary = link_tables(stats, d.collectives.network, sim_time_s=sim_time)
+        summary.update(link_summary)
     moe = moe_outcome(replicas, busy)
     summary["expert_imbalance_mean"] = None
     summary.update(moe.summary)
@@ -110,7 +123,9 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                                     bin_s=scenario.engine.timeseries_bin_s, end_s=max(sim_time, 1e-9)),
         batch_hist=batch_histogram(pass_logs), expert_load=moe.expert_load, rank_load=moe.rank_load,
         imbalance=moe.imbalance, placements=moe.placements, migrations=moe.migrations,
-        rank_timeseries=moe.rank_timeseries, oom=moe.oom)
+        rank_timeseries=moe.rank_timeseries, oom=moe.oom,
+        links=links if links is not None else pd.DataFrame(),
+        link_timeseries=links_ts if links_ts is not None else pd.DataFrame())
 
 
 def _calibration_hashes(scenario: Scenario, d: Deployment) -> dict[str, str]:

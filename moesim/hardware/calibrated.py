@@ -21,7 +21,7 @@ import numpy as np
 from moesim.config.schema import DTYPE_BYTES, GpuSpec
 from moesim.hardware.profile import Profile, ProfileError
 
-__all__ = ["OPS", "CalibratedCost", "RegularGrid", "RowGrid"]
+__all__ = ["OPS", "CalibratedCost", "RegularGrid", "RowGrid", "host_costs"]
 
 OPS = ("gemm", "grouped_ffn", "attention", "memory")
 """The CostModel ops a calibrated model answers (and counts)."""
@@ -91,12 +91,15 @@ class RegularGrid:
 class RowGrid:
     """Interpolation of log time over (y, x) where each row (one y) has its own x knots.
 
-    Suits measurements that are regular in one coordinate only (attention: rows are the mean
-    context per query token, x the KV tokens; grouped experts: rows are active experts, x the
-    tokens per expert). Between rows the two rows' values are blended linearly in log y.
+    Suits measurements that are regular in one coordinate only (prefill attention: rows are the
+    mean context per query token, x the equivalent sequences; decode attention: rows are
+    sequences, x the KV tokens per sequence; grouped experts: rows are active experts, x the
+    tokens per expert). Between rows the two rows' values are blended linearly in log y; a point
+    is in the domain when it lies inside both rows' x range.
     """
 
     def __init__(self, rows: list[dict[str, Any]], *, ykey: str, xkey: str) -> None:
+        self.ykey, self.xkey = ykey, xkey
         rows = sorted(rows, key=lambda r: r[ykey])
         if not rows:
             raise ValueError("a row grid needs at least one row")
@@ -138,6 +141,34 @@ class RowGrid:
         return val.reshape(shape), inside.reshape(shape), [np.exp(lyc).reshape(shape), np.exp(lxc).reshape(shape)]
 
 
+def _attn_grid(table: dict[str, Any]) -> RowGrid:
+    """The row grid of an attention table: decode rows by sequences over KV tokens per sequence
+    (``seqs``, ``kv``); prefill rows (and decode tables of older fits) by ``u`` over ``x``."""
+    rows = table["rows"]
+    if rows and "seqs" in rows[0]:
+        return RowGrid(rows, ykey="seqs", xkey="kv")
+    return RowGrid(rows, ykey="u", xkey="x")
+
+
+def host_costs(rows: list[dict[str, Any]], launch_s: float) -> dict[str, float]:
+    """Per-pass host costs (``fit.host``) from a profile's ``host`` samples.
+
+    ``per_op_s``: host time to issue one op; ``launch_s``: one tiny kernel launched back to back;
+    ``kernel_s``: the larger of the two, what each kernel of an eager pass adds (a stream of
+    kernels goes no faster than the host issues them or the device launches them);
+    ``graph_launch_s``: one CUDA graph replay. What was not measured takes ``launch_s`` (the
+    roofline's launch latency where the samples lack it too).
+    """
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(str(r["kind"]), []).append(float(r["median_s"]))
+    med = {k: float(np.exp(np.mean(np.log(v)))) for k, v in by.items()}
+    launch = med.get("launch", float(launch_s))
+    per_op = med.get("per_op", launch)
+    return {"per_op_s": per_op, "launch_s": launch, "kernel_s": max(per_op, launch),
+            "graph_launch_s": med.get("graph_launch", launch)}
+
+
 class _Counter:
     """Per-op query, out-of-domain and predicted-time tallies."""
 
@@ -158,21 +189,33 @@ class CalibratedCost:
     ``gpu`` supplies peak FLOP/s ratios for dtypes the profile did not measure; ``mode`` picks the
     table set (``eager``, or ``graph`` for kernel-only times measured under CUDA graphs). With
     ``strict`` (the default) a profile lacking a table the forward pass needs is rejected.
+
+    Host overhead per pass (``host_overhead_s``): the framework's own time ``host_overhead_s``
+    (scheduling, sampling: a scenario setting) plus, once ``kernels_per_pass`` is set, the
+    launch cost measured on this machine, ``launch_overhead_s(kernels_per_pass)``: in eager mode
+    every kernel adds ``fit.host.kernel_s`` (the larger of the per-op host time and the
+    back-to-back launch time), in graph mode the whole pass is one graph launch
+    (``graph_launch_s``). Left unset (None) the launch cost is not charged, as before. The eager
+    charge is additive: tight for launch-bound passes (small decode batches), an upper bound
+    where kernels run long enough for the host to issue the next ones meanwhile.
     """
 
     name = "calibrated"
 
     def __init__(self, profile: Profile, *, gpu: GpuSpec | None = None, weight_dtype: str = "bf16",
                  activation_dtype: str = "bf16", host_overhead_s: float = 0.0, mode: str = "eager",
-                 strict: bool = True) -> None:
+                 strict: bool = True, kernels_per_pass: int | None = None) -> None:
         self.profile = profile
         self.profile_hash = profile.content_hash
         self.mode = mode
-        self.host_overhead_s = float(host_overhead_s)
+        self.framework_host_s = float(host_overhead_s)
+        self.kernels_per_pass = kernels_per_pass
         tables = profile.tables(mode)
         roof = profile.fit["roofline"]
         self.bytes_per_s = float(roof["bytes_per_s"])
         self.launch_s = float(roof["launch_s"])
+        self.host = {k: float(v) for k, v in (profile.fit.get("host")
+                                              or host_costs(profile.samples.get("host", []), self.launch_s)).items()}
         self._flops = {str(k): float(v) for k, v in roof["flops_per_s"].items()}
         if not self._flops:
             raise ProfileError(f"{profile.path}: fit.roofline.flops_per_s is empty", field="hardware.calibration")
@@ -183,7 +226,7 @@ class CalibratedCost:
         self.counter = _Counter()
         self._gemm = self._build_gemm(tables.get("gemm", {}))
         self._grouped = [(g, RowGrid(g["rows"], ykey="active", xkey="tokens")) for g in tables.get("grouped_ffn", [])]
-        self._attn = [(a, RowGrid(a["rows"], ykey="u", xkey="x")) for a in tables.get("attention", [])]
+        self._attn = [(a, _attn_grid(a)) for a in tables.get("attention", [])]
         self._memory = {k: RegularGrid([v["nbytes"]], v["s"]) for k, v in tables.get("memory", {}).items()}
         self._coll = {(c["op"], int(c["gpus"])): RegularGrid([c["nbytes"]], c["s"]) for c in tables.get("collective", [])}
         missing = [op for op, t in (("gemm", self._gemm), ("grouped_ffn", self._grouped), ("attention", self._attn),
@@ -192,6 +235,26 @@ class CalibratedCost:
             raise ProfileError(f"{profile.path}: no fitted {'/'.join(missing)} tables in mode {mode!r}; "
                                "the profile cannot drive a forward pass", field="hardware.calibration")
         self._gemm_cache: dict[tuple[int, int], Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {}
+
+    # ------------------------------------------------------------------ host
+    def launch_overhead_s(self, kernels: int) -> float:
+        """Launch cost of a pass of ``kernels`` kernels: each pays ``kernel_s`` eagerly; a
+        CUDA-graph pass (mode ``graph``) is a single graph launch whatever its size."""
+        if kernels <= 0:
+            return 0.0
+        if self.mode == "graph":
+            return self.host["graph_launch_s"]
+        return kernels * self.host["kernel_s"]
+
+    @property
+    def host_overhead_s(self) -> float:
+        """Host time per pass: the framework's plus the launches of ``kernels_per_pass`` kernels."""
+        k = self.kernels_per_pass
+        return self.framework_host_s + (0.0 if k is None else self.launch_overhead_s(k))
+
+    @host_overhead_s.setter
+    def host_overhead_s(self, value: float) -> None:
+        self.framework_host_s = float(value)
 
     # ------------------------------------------------------------------ reporting
     @property
@@ -318,24 +381,36 @@ class CalibratedCost:
         return a, g, not exact
 
     def attention_s(self, *, decode: bool, pairs: Any, kv_tokens: Any, flops_per_pair: float,
-                    kv_bytes_per_token: float) -> np.ndarray:
+                    kv_bytes_per_token: float, seqs: Any = None) -> np.ndarray:
         """Attention core from the measured variant with the same per-pair FLOPs and per-token KV bytes.
 
-        Prefill rows are keyed by the mean context per query token ``u = pairs / kv`` and indexed
-        by the equivalent number of sequences ``kv / (2u - 1)`` (the batch of a fresh causal
-        prefill); decode has one row indexed by KV tokens read.
+        Decode is a 2-D table over (sequences, KV tokens per sequence) measured on a batch x KV
+        length grid: at equal KV tokens many short sequences and a few long ones differ (work per
+        block, split-KV). ``seqs=None`` is taken as one sequence. Prefill rows are keyed by the
+        mean context per query token ``u`` and indexed by the number of sequences: the given
+        ``seqs``, with ``u`` that of fresh prompts of those sequences doing the same FLOPs
+        (``pairs / seqs = s (s + 1) / 2``, ``u = (s + 1) / 2``); without ``seqs`` the equivalent
+        batch of a fresh causal prefill ``kv / (2u - 1)`` with ``u = pairs / kv``. Both agree on
+        fresh prompts, which is what the table measured.
         """
         pairs = np.asarray(pairs, dtype=np.float64)
         kv = np.broadcast_to(np.asarray(kv_tokens, dtype=np.float64), pairs.shape)
+        n = np.broadcast_to(np.maximum(np.asarray(1.0 if seqs is None else seqs, dtype=np.float64), 1.0), pairs.shape)
         active = pairs > 0
         a, grid, foreign = self._attn_table(decode, float(flops_per_pair), float(kv_bytes_per_token))
         p, k = np.maximum(pairs, 1.0), np.maximum(kv, 1.0)
-        if decode:
-            u, x = np.ones_like(k), k
+        per_seq = a["phase"] == "decode" and grid.ykey == "seqs"
+        if per_seq:                                     # (sequences, KV tokens per sequence)
+            y, x = n, np.maximum(k / n, 1.0)
+        elif a["phase"] == "decode":                    # a 1-D table of profiles fitted before seqs
+            y, x = np.ones_like(k), k
+        elif seqs is not None:
+            s = 0.5 * (np.sqrt(1.0 + 8.0 * p / n) - 1.0)
+            y, x = np.maximum((s + 1.0) / 2.0, 1.0), n
         else:
-            u = np.maximum(p / k, 1.0)
-            x = k / (2.0 * u - 1.0)
-        lt, inside, (uc, xc) = grid(u, x)
+            y = np.maximum(p / k, 1.0)
+            x = k / (2.0 * y - 1.0)
+        lt, inside, (yc, xc) = grid(y, x)
         t = np.exp(lt)
         ood = ~inside | foreign
         if np.any(ood):
@@ -343,8 +418,13 @@ class CalibratedCost:
 
             def roof(pp: np.ndarray, kk: np.ndarray, fpp: float, kvb: float) -> np.ndarray:
                 return np.maximum(pp * fpp / f_attn, kk * kvb / self.bytes_per_s) + self.launch_s
-            kc = xc if decode else xc * (2.0 * uc - 1.0)
-            pc = kc if decode else uc * kc
+            if per_seq:
+                kc = pc = yc * xc
+            elif a["phase"] == "decode":
+                kc = pc = xc
+            else:                                       # fresh prompts: x sequences of 2u - 1 tokens
+                kc = xc * (2.0 * yc - 1.0)
+                pc = yc * kc
             fb = (roof(p, k, flops_per_pair, kv_bytes_per_token) * t
                   / roof(pc, kc, a["flops_per_pair"], a["kv_bytes_per_token"]))
             t = np.where(ood, fb, t)

@@ -38,11 +38,18 @@ class CostModel(Protocol):
         ...
 
     def attention_s(self, *, decode: bool, pairs: ArrayLike, kv_tokens: ArrayLike,
-                    flops_per_pair: float, kv_bytes_per_token: float) -> np.ndarray:
+                    flops_per_pair: float, kv_bytes_per_token: float,
+                    seqs: ArrayLike | None = None) -> np.ndarray:
         """Attention core of one layer on one GPU.
 
         ``pairs``: (query, context) token pairs; ``kv_tokens``: context tokens read from the KV
-        cache; ``flops_per_pair`` / ``kv_bytes_per_token``: this GPU's share (heads split by TP).
+        cache; ``flops_per_pair`` / ``kv_bytes_per_token``: this GPU's share (heads split by TP);
+        ``seqs``: number of sequences the pairs and KV tokens belong to (decode: decoding
+        sequences, one query each; prefill: prompt chunks), broadcastable with ``pairs``. The
+        same KV tokens cost more spread over many short sequences than in a few long ones
+        (less work per kernel block, one launch grid row per sequence): a model may use it.
+        ``None`` means not known: decode is then taken as one sequence, prefill as the
+        equivalent number of fresh prompts ``kv / (2 pairs / kv - 1)``.
         """
         ...
 
@@ -95,11 +102,17 @@ class RooflineCost:
         return self._roof(flops, nbytes, self.flops_per_s, 3, total > 0)
 
     def attention_s(self, *, decode: bool, pairs: ArrayLike, kv_tokens: ArrayLike,
-                    flops_per_pair: float, kv_bytes_per_token: float) -> np.ndarray:
+                    flops_per_pair: float, kv_bytes_per_token: float,
+                    seqs: ArrayLike | None = None) -> np.ndarray:
+        """FLOPs over the attention rate vs KV bytes over HBM bandwidth, plus one launch.
+
+        ``seqs`` is accepted and not used: a roofline sees only the FLOPs and bytes, which do not
+        depend on how the KV tokens split into sequences; that effect (work per block, split-KV
+        reductions) is what a calibrated model measures.
+        """
         pairs = np.asarray(pairs, dtype=np.float64)
         kv = np.asarray(kv_tokens, dtype=np.float64)
-        rate = self.attn_flops_per_s if not decode else self.attn_flops_per_s
-        return self._roof(pairs * flops_per_pair, kv * kv_bytes_per_token, rate, 1, pairs > 0)
+        return self._roof(pairs * flops_per_pair, kv * kv_bytes_per_token, self.attn_flops_per_s, 1, pairs > 0)
 
     def memory_s(self, nbytes: ArrayLike) -> np.ndarray:
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -125,7 +138,8 @@ class ConstantCost:
         return np.zeros(np.shape(tokens_per_expert)[:-1])
 
     def attention_s(self, *, decode: bool, pairs: ArrayLike, kv_tokens: ArrayLike,
-                    flops_per_pair: float, kv_bytes_per_token: float) -> np.ndarray:
+                    flops_per_pair: float, kv_bytes_per_token: float,
+                    seqs: ArrayLike | None = None) -> np.ndarray:
         return self._zero(pairs)
 
     def memory_s(self, nbytes: ArrayLike) -> np.ndarray:

@@ -14,14 +14,15 @@ import numpy as np
 __all__ = ["LevelLog", "PassLog", "RequestLog"]
 
 PASS_FIELDS = ("start_s", "duration_s", "batch_size", "prefill_tokens", "decode_tokens", "kv_blocks", "tokens",
-               "sample", "imbalance", "moe_comm_s")
+               "sample", "imbalance", "moe_comm_s", "comm_s")
 
 
 class PassLog:
     """Per-pass rows of one replica: start_s, duration_s [s], batch_size [seqs], prefill_tokens,
     decode_tokens [tokens], kv_blocks [blocks held during the pass], tokens (pool key), sample
     (routing sample index), imbalance (max/mean EP-rank load after balancing, mean over layers;
-    1 for a dense model), moe_comm_s (dispatch + combine + expert-weight copies in the pass)."""
+    1 for a dense model), moe_comm_s (dispatch + combine + expert-weight copies in the pass),
+    comm_s (all communication of the pass: TP all-reduces + moe_comm_s)."""
 
     def __init__(self) -> None:
         self._chunks: dict[str, list[np.ndarray]] = {f: [] for f in PASS_FIELDS}

@@ -43,6 +43,10 @@ class RunResult:
         oom: one row per replica: ``replica, oom_passes, first_oom_s, peak_moe_activation_bytes``:
             passes whose MoE activations + spilled weights exceed the HBM left after weights and
             the KV pool on some GPU (the run goes on; a real server would have crashed).
+        links: one row per network link that carried bytes (flow network model): ``link, src,
+            dst, tier, bytes, utilisation`` (bytes / (nominal capacity x simulated time)).
+        link_timeseries: one row per (time bin, tier: nvlink / pcie / nic / fabric): ``t_s, tier,
+            bytes, utilisation`` (bytes / (tier's summed nominal capacity x bin)).
     """
 
     config: dict[str, Any]
@@ -56,8 +60,15 @@ class RunResult:
     imbalance: pd.DataFrame = field(default_factory=pd.DataFrame)
     placements: list[np.ndarray] = field(default_factory=list)
     migrations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_timeline: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_memory: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_progress: pd.DataFrame = field(default_factory=pd.DataFrame)
     rank_timeseries: pd.DataFrame = field(default_factory=pd.DataFrame)
     oom: pd.DataFrame = field(default_factory=pd.DataFrame)
+    links: pd.DataFrame = field(default_factory=pd.DataFrame)
+    link_timeseries: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_json_dict(self) -> dict[str, Any]:
         """What ``run.json`` holds: config, provenance and summary."""

@@ -1,30 +1,70 @@
 """Closed-form collective times on a ``Topology`` (the *simple* network model).
 
 Each collective is costed from the topology's precomputed GPU-pair bottleneck bandwidth and
-latency; concurrent traffic does not share links here. The flow-level model replaces this class
-behind the same ``CollectiveCost`` protocol.
+latency; concurrent traffic does not share links here. The flow-level model
+(``flow_collectives.FlowCollectives``) replaces this class behind the same ``CollectiveCost``
+protocol and the same algorithm names.
 
 A *group* is a tuple of global GPU indices; for ring collectives its order is the ring order.
 Byte arguments may be numpy arrays of any shape: the result has the same leading shape (a Python
 ``float`` when the input is a scalar). A group of one GPU costs 0 s for everything.
 
-Formulas (n = group size, S = bytes, B = bottleneck bandwidth x efficiency, L = per-step latency
-= ``per_message_latency_s`` + the largest path latency between the GPUs that step involves):
+**Default formulas** (one ``Protocol()``: no launch cost, full bandwidth; n = group size, S =
+bytes, B = bottleneck bandwidth x efficiency, L = per-step latency = ``per_message_latency_s`` +
+the largest path latency between the GPUs that step involves):
 
-* all-reduce (ring): ``2(n-1)/n · S / B + 2(n-1) · L``, S = buffer bytes on each rank; with
-  ``all_reduce_algorithm="auto"`` the cheapest of ring, two-shot (direct reduce-scatter +
-  all-gather: ``2(n-1)/n · S / B_a2a + 2 L``) and one-shot (every rank reads all buffers:
-  ``(n-1) · S / B_a2a + L``), as NCCL's NVLS/tree and vLLM's custom all-reduce pick per size;
+* all-reduce, ``ring``: ``2(n-1)/n · S / B + 2(n-1) · L``, S = buffer bytes on each rank;
+* all-reduce, ``tree`` (double binary tree, as NCCL's): two complementary binary trees over the
+  group (heap order and its mirror), each reducing and broadcasting half the buffer, pipelined:
+  ``2 · depth · L + S · max_i max(Σ_out 1/2 / B, Σ_in 1/2 / B)``, depth = ⌊log2 n⌋ (so
+  ``2 log2(n)`` latency terms for a power of two); the bandwidth term sums, for every rank, half
+  the buffer per tree neighbour (at most ``2 S / B``, rings' ``2(n-1)/n S / B`` asymptotically);
+* all-reduce, ``nvls`` (NVLink SHARP, one NVSwitch domain only): the switch reduces and
+  multicasts, so every GPU sends and receives ``(n+1)/n · S``: ``(n+1)/n · S / B + 2 L``;
+* all-reduce, ``auto``: the cheapest of ring, tree, two-shot (direct reduce-scatter + all-gather:
+  ``2(n-1)/n · S / B_a2a + 2 L``), one-shot (every rank reads all buffers: ``(n-1) · S / B_a2a +
+  L``) and, with ``nvls=True`` on a one-node group, nvls — as NCCL's NVLS/tree and vLLM's custom
+  all-reduce pick per size; ``nccl``: NCCL's own choice: ring, nvls (``nvls=True``, one node)
+  and tree (groups spanning several nodes; NCCL's tree is an inter-node algorithm);
 * all-gather / reduce-scatter (ring): ``(n-1)/n · S / B + (n-1) · L``, S = total output bytes;
-* all-to-all: ``max_i max(send_i / B_out_i, recv_i / B_in_i) + L``, where ``B_out_i`` is rank
-  i's narrowest bottleneck towards any other member (x efficiency), ``B_in_i`` the narrowest
-  from any other member, and L uses the largest pair latency in the group;
-* point-to-point: ``S / B(src, dst) + latency(src, dst) + per_message_latency_s``.
+* all-to-all, ``direct`` (every pair at once): ``max_i max(send_i / B_out_i, recv_i / B_in_i) +
+  L``, where ``B_out_i`` is rank i's narrowest bottleneck towards any other member (x
+  efficiency), ``B_in_i`` the narrowest from any other member, and L uses the largest pair
+  latency in the group;
+* all-to-all, ``low_latency`` (DeepEP's low-latency kernels: every GPU writes straight into
+  every destination GPU, over RDMA across hosts, no NVLink forwarding, one step): the same
+  closed form as ``direct`` here (the flow model routes it without PXN);
+* all-to-all, ``hierarchical`` (DeepEP's normal kernels): bytes for a GPU on another host first
+  cross RDMA to the GPU of that host with the sender's local rank (rail aligned), once per
+  destination host (``node_bytes`` gives those de-duplicated bytes; without it the per-pair bytes
+  are summed), then NVLink to the destination GPU; same-host pairs use NVLink. Every *leg*
+  (u → v) loads u's out-port and v's in-port of its tier (NVLink inside a host, NIC across)
+  for bytes / B(u, v); the time is the largest port load plus the RDMA and NVLink path latencies
+  (two steps when anything is forwarded). ``forward_at="source"`` mirrors it (combine: NVLink to
+  the rail GPU on the sender's host first, then RDMA);
+* point-to-point: ``S / B(src, dst) + latency(src, dst) + per_message_latency_s``;
+  ``transfers_s`` costs many at once (a GPU's transfers share its port: their times add).
+
+**Protocols.** ``protocols`` replaces the default by NCCL-like protocols (``Protocol``: LL,
+Simple, ...): each adds its ``launch_s`` once per ring/tree collective (``a2a_launch_s`` once per
+all-to-all or point-to-point batch) and moves bytes at ``bw_fraction`` of the bandwidth above,
+and a collective takes the fastest protocol — NCCL's tuner model — except that all-to-alls and
+point-to-point use a protocol only for messages up to its ``p2p_max_bytes`` per peer (NCCL's
+LL threshold for p2p). ``injection_bytes_per_s`` caps
+what one GPU's kernel can send or receive per second (an SM-count limit, used by DeepEP
+kernels); it applies to all-to-alls and point-to-point transfers. ``NCCL_CALIBRATION`` holds
+protocol sets fitted to measured NCCL tables (``nccl_calibration``, ``SimpleCollectives.calibrated``).
+
+**Efficiency** is ``efficiency`` for pairs inside a host and ``inter_node_efficiency`` (default:
+the same) for pairs on different hosts.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import math
+from dataclasses import dataclass, field, replace
+from functools import reduce
+from typing import TYPE_CHECKING, Any, Protocol as _TypingProtocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -32,14 +72,19 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:
     from moesim.network.topology import Topology
 
-__all__ = ["CollectiveCost", "SimpleCollectives"]
+__all__ = ["ALL_REDUCE_ALGORITHMS", "ALL_TO_ALL_ALGORITHMS", "NCCL_CALIBRATION", "CollectiveCost", "Legs",
+           "NcclCalibration", "Protocol", "Rails", "SimpleCollectives", "double_binary_tree", "hierarchical_legs",
+           "nccl_calibration", "tree_unit_bytes"]
 
 Seconds = float | np.ndarray
 """A float for scalar input, else an array with the input's leading shape."""
 
+ALL_REDUCE_ALGORITHMS = ("ring", "tree", "nvls", "auto", "nccl")
+ALL_TO_ALL_ALGORITHMS = ("direct", "hierarchical", "low_latency")
+
 
 @runtime_checkable
-class CollectiveCost(Protocol):
+class CollectiveCost(_TypingProtocol):
     """Durations (seconds) of collectives over a group of GPUs (global indices)."""
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
@@ -63,8 +108,271 @@ class CollectiveCost(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------- protocols
+@dataclass(frozen=True)
+class Protocol:
+    """How a collective's messages move: fixed costs and achieved bandwidth (see module doc).
+
+    Attributes:
+        name: label (``LL``, ``Simple``, ``deepep-ll`` ...).
+        launch_s: once per ring / tree / nvls collective (kernel launch, set-up, final sync), s.
+        a2a_launch_s: once per all-to-all or point-to-point batch (send/recv rendezvous), s.
+        bw_fraction: achieved share of the (efficiency-scaled) link bandwidth, in (0, 1].
+        injection_bytes_per_s: most bytes/s one GPU's kernel sends or receives (SM copy limit);
+            all-to-alls and point-to-point only.
+        p2p_max_bytes: largest message to one peer this protocol carries in all-to-alls and
+            point-to-point (NCCL uses LL for p2p only up to ``NCCL_P2P_LL_THRESHOLD`` = 16 KiB,
+            whatever the tuner says); at least one protocol of a set carries any size.
+    """
+
+    name: str = "simple"
+    launch_s: float = 0.0
+    a2a_launch_s: float = 0.0
+    bw_fraction: float = 1.0
+    injection_bytes_per_s: float = math.inf
+    p2p_max_bytes: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.bw_fraction <= 1.0:
+            raise ValueError(f"protocol {self.name!r}: bw_fraction must be in (0, 1], got {self.bw_fraction}")
+        if self.launch_s < 0 or self.a2a_launch_s < 0:
+            raise ValueError(f"protocol {self.name!r}: launch latencies must be >= 0 s")
+        if not self.injection_bytes_per_s > 0:
+            raise ValueError(f"protocol {self.name!r}: injection_bytes_per_s must be > 0")
+
+
+def _protocols(protocols: tuple[Protocol, ...] | list[Protocol] | None) -> tuple[Protocol, ...]:
+    if protocols is None:
+        return (Protocol(),)
+    out = tuple(protocols)
+    if not out or not all(isinstance(p, Protocol) for p in out):
+        raise ValueError("protocols must be a non-empty sequence of Protocol")
+    if not any(math.isinf(p.p2p_max_bytes) for p in out):
+        raise ValueError("one protocol must carry messages of any size (p2p_max_bytes = inf)")
+    return out
+
+
+def _bulk(protocols: tuple[Protocol, ...]) -> Protocol:
+    """The highest-bandwidth protocol (NVLS runs on Simple only)."""
+    return max(protocols, key=lambda p: p.bw_fraction)
+
+
+@dataclass(frozen=True)
+class NcclCalibration:
+    """NCCL knobs of one GPU model, fitted to nccl-tests tables (``benchmarks/collectives_vs_measured.py``).
+
+    Attributes:
+        gpu: GPU preset name.
+        efficiency: NVLink bus efficiency (achieved / per-direction nominal, Simple protocol).
+        nvlink_latency_s: one-way GPU→GPU latency of a ring step inside a host as NCCL sees it
+            (hardware + LL flag handshake): the ``intra_node.latency`` a topology should carry
+            for the step terms to come out right (the collectives add the topology's path latency
+            per step and no extra ``per_message_latency_s``).
+        protocols: the protocol set (LL, Simple) with their launch costs and bandwidth shares.
+        inter_node_efficiency: achieved / nominal RDMA bandwidth; not fitted (the measured tables
+            are single-host), DeepSeek-V3's report: ~40 of 50 GB/s per 400 Gb/s NIC.
+        nvls: the host's NVSwitch does NVLink SHARP (all-reduce in the switch).
+        source: what the numbers were fitted to.
+    """
+
+    gpu: str
+    efficiency: float
+    nvlink_latency_s: float
+    protocols: tuple[Protocol, ...]
+    inter_node_efficiency: float = 0.8
+    nvls: bool = True
+    source: str = ""
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``SimpleCollectives`` / ``FlowCollectives`` for this calibration."""
+        return {"efficiency": self.efficiency, "per_message_latency_s": 0.0, "protocols": self.protocols,
+                "inter_node_efficiency": self.inter_node_efficiency, "nvls": self.nvls}
+
+
+_AIC = ("aiconfigurator nccl_perf (NCCL 2.29.2, nccl-tests out-of-place, 2/4/8 GPUs of one host, "
+        "fp16 + int8, 256 B - 512 MiB), fitted on every other message size")
+
+_P2P_LL = 16384.0
+"""NCCL_P2P_LL_THRESHOLD default: send/recv use LL only for messages up to 16 KiB."""
+_H100 = NcclCalibration(  # H100 SXM, NVLink 4 (450 GB/s per direction): fitted on h100_sxm
+    gpu="h100-sxm", efficiency=0.642, nvlink_latency_s=0.777e-6,
+    protocols=(Protocol("LL", launch_s=5.14e-6, a2a_launch_s=6.71e-6, bw_fraction=0.408, p2p_max_bytes=_P2P_LL),
+               Protocol("Simple", launch_s=18.5e-6, a2a_launch_s=12.4e-6, bw_fraction=1.0)),
+    source=_AIC + " (h100_sxm)")
+_B200 = NcclCalibration(  # B200, NVLink 5 (900 GB/s per direction): fitted on b200_sxm
+    gpu="b200", efficiency=0.571, nvlink_latency_s=1.26e-6,
+    protocols=(Protocol("LL", launch_s=8.10e-6, a2a_launch_s=9.44e-6, bw_fraction=0.437, p2p_max_bytes=_P2P_LL),
+               Protocol("Simple", launch_s=24.0e-6, a2a_launch_s=15.9e-6, bw_fraction=1.0)),
+    source=_AIC + " (b200_sxm)")
+
+NCCL_CALIBRATION: dict[str, NcclCalibration] = {
+    "h100-sxm": _H100,
+    # same NVLink 4 / NVSwitch generation and SMs as H100: H100's values (the H200 table is
+    # predicted out of sample with them)
+    "h200": replace(_H100, gpu="h200", source="h100-sxm values (same NVLink 4 fabric); validated on h200_sxm"),
+    "h800": replace(_H100, gpu="h800", source="h100-sxm values (same GH100 SMs and NVLink 4 links, fewer of them)"),
+    "b200": _B200,
+}
+"""Fitted NCCL knobs per GPU preset (see ``NcclCalibration``; the benchmark's ``--fit`` prints them).
+Values as NCCL 2.29 sees them: H100 reaches 64 % of NVLink's per-direction rate with Simple
+(18.5 us launch; 12.4 us for send/recv), LL moves 41 % of that after a 5.1 us launch, a ring step
+costs 0.78 us (the topology's NVLink latency); B200: 57 %, LL 44 %, 1.26 us per step."""
+
+
+def nccl_calibration(gpu: str) -> NcclCalibration:
+    """The ``NcclCalibration`` of GPU preset ``gpu``; ValueError naming the known ones."""
+    try:
+        return NCCL_CALIBRATION[gpu]
+    except KeyError:
+        raise ValueError(f"no NCCL calibration for GPU {gpu!r}; known: {sorted(NCCL_CALIBRATION)}") from None
+
+
+# --------------------------------------------------------------------------- shared structure
+def double_binary_tree(n: int) -> tuple[np.ndarray, int]:
+    """``(edges [2(n-1), 2] (child, parent) group positions, depth)`` of NCCL-style double binary
+    trees: tree A in heap order (parent of p is (p-1)//2), tree B its mirror (position p → n-1-p),
+    so that A's leaves are B's inner ranks. depth = ⌊log2 n⌋ hops from the root to the deepest leaf."""
+    p = np.arange(1, n)
+    a = np.stack([p, (p - 1) // 2], axis=1)
+    return np.concatenate([a, (n - 1) - a]), (int(math.floor(math.log2(n))) if n > 1 else 0)
+
+
+def tree_unit_bytes(n: int) -> np.ndarray:
+    """``[n, n]`` bytes per byte of buffer of a double-binary-tree all-reduce: every tree edge
+    carries half the buffer each way (reduce up, broadcast down, pipelined)."""
+    edges, _ = double_binary_tree(n)
+    out = np.zeros((n, n))
+    np.add.at(out, (edges[:, 0], edges[:, 1]), 0.5)
+    np.add.at(out, (edges[:, 1], edges[:, 0]), 0.5)
+    return out
+
+
+class Rails:
+    """Local ranks and rail peers of a topology's GPUs (``node_of``): a GPU's local rank is its
+    position among its host's GPUs in index order; its rail peer on host m is m's GPU with the
+    same local rank (-1 where m has no such GPU)."""
+
+    def __init__(self, node_of: ArrayLike) -> None:
+        node = np.asarray(node_of, dtype=np.int64)
+        g = node.size
+        order = np.lexsort((np.arange(g), node))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(node[order])) + 1))
+        counts = np.diff(np.concatenate((starts, [g])))
+        local = np.empty(g, np.int64)
+        local[order] = np.arange(g) - np.repeat(starts, counts)
+        self.node_of, self.local = node, local
+        self.at = np.full((int(node.max()) + 1, int(counts.max())), -1, dtype=np.int64)
+        self.at[node, local] = np.arange(g)
+
+    def peer(self, node: ArrayLike, local: ArrayLike) -> np.ndarray:
+        """GPU with local rank ``local`` on host ``node`` (broadcast), -1 where none."""
+        nd, lc = np.broadcast_arrays(np.asarray(node, np.int64), np.asarray(local, np.int64))
+        ok = lc < self.at.shape[1]
+        return np.where(ok, self.at[nd, np.where(ok, lc, 0)], -1)
+
+
+@dataclass(frozen=True)
+class Legs:
+    """The legs of a hierarchical all-to-all over an extended group (the group, then the rail
+    peers outside it that forward bytes): ``bytes [..., X, X]`` and per leg kind masks ``[X, X]``."""
+
+    group: tuple[int, ...]
+    bytes: np.ndarray
+    rdma: np.ndarray = field(repr=False)
+    forward: np.ndarray = field(repr=False)
+
+
+def hierarchical_legs(rails: Rails, group: tuple[int, ...], pair_bytes: np.ndarray,
+                      node_bytes: np.ndarray | None = None, forward_at: str = "destination") -> Legs:
+    """Split ``pair_bytes [..., n, n]`` into the legs of a rail-aligned hierarchical all-to-all.
+
+    ``forward_at="destination"`` (dispatch): a pair (i, j) on different hosts becomes an RDMA leg
+    i → r (r: host(j)'s GPU with i's local rank) and an NVLink leg r → j (none when r = j); the RDMA
+    leg of (i, host m) carries ``node_bytes[..., i, m]`` (bytes i sends to host m, each token once)
+    or, without ``node_bytes``, the sum of i's pair bytes to m's GPUs. ``"source"`` (combine): an
+    NVLink leg i → r' (r': host(i)'s GPU with j's local rank) and an RDMA leg r' → j carrying
+    ``node_bytes[..., j, m]`` (bytes j receives from host m). Hosts m are the group's distinct
+    ``node_of`` values in increasing order. Pairs without a rail peer go direct.
+    """
+    g = np.asarray(group, np.int64)
+    n = g.size
+    nd, lr = rails.node_of[g], rails.local[g]
+    hosts, m_of = np.unique(nd, return_inverse=True)
+    n_hosts = hosts.size
+    lead = pair_bytes.shape[:-2]
+    pb = pair_bytes.reshape((-1, n, n)) * (1.0 - np.eye(n))
+    nb = None
+    if node_bytes is not None:
+        nb = np.asarray(node_bytes, dtype=np.float64)
+        if nb.shape != lead + (n, n_hosts):
+            raise ValueError(f"node_bytes must have shape {lead + (n, n_hosts)} (pairs' leading dims, "
+                             f"group size, hosts in the group), got {nb.shape}")
+        if np.any(nb < 0):
+            raise ValueError("byte counts must be >= 0")
+        nb = nb.reshape((-1, n, n_hosts))
+    onehot = (m_of[:, None] == np.arange(n_hosts)[None, :]).astype(np.float64)  # [n, M]
+    same = nd[:, None] == nd[None, :]
+    if forward_at == "destination":
+        rail = rails.peer(hosts[None, :], lr[:, None])                     # [n, M] i's peer on host m
+        peer_of_pair = rail[:, m_of]                                         # [n, n]
+        agg = np.einsum("bij,jm->bim", pb, onehot) if nb is None else nb     # [B, n, M] i → host m
+        r_src, r_dst = np.broadcast_to(g[:, None], rail.shape), rail          # RDMA legs i → rail[i, m]
+        r_ok = (m_of[:, None] != np.arange(n_hosts)[None, :]) & (rail >= 0)
+        r_val = agg
+        f_src, f_dst = peer_of_pair, np.broadcast_to(g[None, :], (n, n))     # forward legs r → j
+    elif forward_at == "source":
+        rail = rails.peer(hosts[:, None], lr[None, :])                      # [M, n] host m's GPU with j's rank
+        peer_of_pair = rail[m_of, :]                                         # [n, n] r' of (i, j)
+        agg = (np.einsum("bij,im->bmj", pb, onehot) if nb is None
+               else np.swapaxes(nb, -1, -2))                                 # [B, M, n] host m → j
+        r_src, r_dst = rail, np.broadcast_to(g[None, :], rail.shape)        # RDMA legs rail[m, j] → j
+        r_ok = (np.arange(n_hosts)[:, None] != m_of[None, :]) & (rail >= 0)
+        r_val = agg
+        f_src, f_dst = np.broadcast_to(g[:, None], (n, n)), peer_of_pair    # forward legs i → r'
+    else:
+        raise ValueError(f"forward_at must be 'destination' or 'source', got {forward_at!r}")
+    remote = ~same & (peer_of_pair >= 0)
+    direct = ~remote & ~np.eye(n, dtype=bool)                               # same host, or no peer
+    fwd = remote & (f_src != f_dst)
+    extra = np.setdiff1d(np.concatenate([r_src[r_ok], r_dst[r_ok]]), g)
+    ext = np.concatenate([g, extra])
+    sorter = np.argsort(ext, kind="stable")
+
+    def pos(ids: np.ndarray) -> np.ndarray:
+        return sorter[np.searchsorted(ext, ids, sorter=sorter)]
+
+    x = ext.size
+    out = np.zeros((pb.shape[0], x, x))
+    di, dj = np.nonzero(direct)
+    np.add.at(out, (slice(None), di, dj), pb[:, di, dj])
+    ri, rj = np.nonzero(r_ok)
+    rs, rd = pos(r_src[ri, rj]), pos(r_dst[ri, rj])
+    np.add.at(out, (slice(None), rs, rd), r_val[:, ri, rj])
+    fi, fj = np.nonzero(fwd)
+    fs, fd = pos(f_src[fi, fj]), pos(f_dst[fi, fj])
+    np.add.at(out, (slice(None), fs, fd), pb[:, fi, fj])
+    rdma = np.zeros((x, x), bool)
+    rdma[rs, rd] = True
+    forward = np.zeros((x, x), bool)
+    forward[fs, fd] = True
+    used = (out != 0).any(axis=0)
+    keep = np.concatenate([np.arange(n), n + np.flatnonzero(used[n:].any(axis=1) | used[:, n:].any(axis=0))])
+    ix = np.ix_(keep, keep)
+    return Legs(tuple(int(v) for v in ext[keep]), out[(slice(None),) + ix].reshape(lead + (keep.size,) * 2),
+                rdma[ix], forward[ix])
+
+
 def _out(x: np.ndarray) -> Seconds:
     return float(x) if x.ndim == 0 else x
+
+
+def _fastest(protocols: tuple[Protocol, ...], cost: Any, peer_bytes: ArrayLike | None = None) -> np.ndarray:
+    """Elementwise minimum of ``cost(protocol)`` over the protocols; with ``peer_bytes`` (the
+    largest message to one peer, all-to-all / p2p) only over those that carry that size."""
+    def one(p: Protocol) -> np.ndarray:
+        c = np.asarray(cost(p), dtype=np.float64)
+        return c if peer_bytes is None else np.where(np.asarray(peer_bytes) <= p.p2p_max_bytes, c, np.inf)
+    return reduce(np.minimum, (one(p) for p in protocols))
 
 
 class SimpleCollectives:
@@ -72,26 +380,44 @@ class SimpleCollectives:
 
     Args:
         topology: the cluster network.
-        efficiency: achieved / nominal bandwidth, in (0, 1].
+        efficiency: achieved / nominal bandwidth, in (0, 1] (pairs inside a host).
         per_message_latency_s: software cost of each message step (kernel launch, protocol
             handshake), seconds, added to the path latency.
-        all_reduce_algorithm: ``"ring"`` or ``"auto"`` (cheapest of ring, two-shot, one-shot).
+        all_reduce_algorithm: ``ring``, ``tree``, ``nvls``, ``auto`` or ``nccl`` (module doc).
+        protocols: NCCL-like protocols (``Protocol``); default one with no launch cost.
+        inter_node_efficiency: efficiency of pairs on different hosts (default ``efficiency``).
+        nvls: the NVSwitch can reduce (NVLink SHARP): ``auto`` / ``nccl`` may pick ``nvls``.
     """
 
     def __init__(self, topology: Topology, *, efficiency: float = 0.8,
-                 per_message_latency_s: float = 5e-6, all_reduce_algorithm: str = "ring") -> None:
-        if all_reduce_algorithm not in ("ring", "auto"):
-            raise ValueError(f"all_reduce_algorithm must be 'ring' or 'auto', got {all_reduce_algorithm!r}")
+                 per_message_latency_s: float = 5e-6, all_reduce_algorithm: str = "ring",
+                 protocols: tuple[Protocol, ...] | None = None, inter_node_efficiency: float | None = None,
+                 nvls: bool = False) -> None:
+        if all_reduce_algorithm not in ALL_REDUCE_ALGORITHMS:
+            raise ValueError(f"all_reduce_algorithm must be one of {ALL_REDUCE_ALGORITHMS}, "
+                             f"got {all_reduce_algorithm!r}")
         self.all_reduce_algorithm = all_reduce_algorithm
-        if not 0.0 < efficiency <= 1.0:
-            raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
+        inter = efficiency if inter_node_efficiency is None else inter_node_efficiency
+        for name, e in (("efficiency", efficiency), ("inter_node_efficiency", inter)):
+            if not 0.0 < e <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {e}")
         if per_message_latency_s < 0:
             raise ValueError(f"per_message_latency_s must be >= 0, got {per_message_latency_s}")
         self.topology = topology
         self.efficiency = float(efficiency)
+        self.inter_node_efficiency = float(inter)
         self.per_message_latency_s = float(per_message_latency_s)
+        self.protocols = _protocols(protocols)
+        self.nvls = bool(nvls)
         self._ring_cache: dict[tuple[int, ...], tuple[float, float]] = {}
         self._a2a_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float]] = {}
+        self._tree_cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
+        self._rails: Rails | None = None
+
+    @classmethod
+    def calibrated(cls, topology: Topology, gpu: str | None = None, **overrides: Any) -> SimpleCollectives:
+        """Collectives with ``NCCL_CALIBRATION[gpu or topology.gpu]``'s knobs (``overrides`` win)."""
+        return cls(topology, **{**nccl_calibration(gpu or topology.gpu).kwargs(), **overrides})
 
     # ----------------------------------------------------------------- group properties
     def _check(self, group: tuple[int, ...]) -> tuple[int, ...]:
@@ -106,13 +432,19 @@ class SimpleCollectives:
                              f"with {self.topology.n_gpus} GPUs")
         return g
 
+    def _pair_bw(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Bottleneck x efficiency (intra- or inter-host) of GPU pairs (broadcast)."""
+        node = self.topology.node_of
+        eff = np.where(node[src] == node[dst], self.efficiency, self.inter_node_efficiency)
+        return self.topology.bottleneck_bytes_per_s[src, dst] * eff
+
     def ring(self, group: tuple[int, ...]) -> tuple[float, float]:
         """``(bandwidth bytes/s, step latency s)`` of the ring in ``group`` order (cached)."""
         hit = self._ring_cache.get(group)
         if hit is None:
             g = np.asarray(self._check(group))
             nxt = np.roll(g, -1)
-            bw = float(self.topology.bottleneck_bytes_per_s[g, nxt].min()) * self.efficiency
+            bw = float(self._pair_bw(g, nxt).min())
             lat = float(self.topology.latency_s[g, nxt].max()) + self.per_message_latency_s
             hit = self._ring_cache[group] = (bw, lat)
         return hit
@@ -122,26 +454,77 @@ class SimpleCollectives:
         hit = self._a2a_cache.get(group)
         if hit is None:
             g = np.asarray(self._check(group))
-            bw = self.topology.bottleneck_bytes_per_s[np.ix_(g, g)]  # inf on the diagonal
-            b_out = bw.min(axis=1) * self.efficiency
-            b_in = bw.min(axis=0) * self.efficiency
+            bw = self._pair_bw(g[:, None], g[None, :])  # inf on the diagonal
+            b_out = bw.min(axis=1)
+            b_in = bw.min(axis=0)
             lat = float(self.topology.latency_s[np.ix_(g, g)].max()) + self.per_message_latency_s
             hit = self._a2a_cache[group] = (b_out, b_in, lat)
         return hit
 
+    def tree(self, group: tuple[int, ...]) -> tuple[float, float, int]:
+        """``(seconds per buffer byte, step latency s, depth)`` of the double binary tree (cached)."""
+        hit = self._tree_cache.get(group)
+        if hit is None:
+            g = np.asarray(self._check(group))
+            unit = tree_unit_bytes(g.size)
+            with np.errstate(divide="ignore"):
+                per = np.where(unit > 0, unit / self._pair_bw(g[:, None], g[None, :]), 0.0)
+            coef = float(max(per.sum(axis=1).max(), per.sum(axis=0).max()))
+            lat = float(self.topology.latency_s[np.ix_(g, g)][unit > 0].max()) + self.per_message_latency_s
+            hit = self._tree_cache[group] = (coef, lat, double_binary_tree(g.size)[1])
+        return hit
+
+    def _one_host(self, group: tuple[int, ...]) -> bool:
+        return len(set(self.topology.node_of[list(group)].tolist())) == 1
+
     # ----------------------------------------------------------------- collectives
-    def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
-        """All-reduce (ring, or the cheapest algorithm with ``auto``), same shape as ``nbytes``."""
-        ring = self._ring_time(group, nbytes, passes=2)
-        n = len(group)
-        if self.all_reduce_algorithm == "ring" or n <= 2:
-            return ring
-        s = _as_bytes(nbytes)
-        b_out, b_in, lat = self._a2a(tuple(group))
+    def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike, algorithm: str | None = None) -> Seconds:
+        """All-reduce of ``nbytes`` per rank with ``algorithm`` (default ``all_reduce_algorithm``),
+        same shape as ``nbytes``."""
+        algo = self.all_reduce_algorithm if algorithm is None else algorithm
+        if algo not in ALL_REDUCE_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALL_REDUCE_ALGORITHMS}, got {algo!r}")
+        g = self._check(group)
+        s, n = _as_bytes(nbytes), len(g)
+        if n == 1:
+            return _out(np.zeros_like(s))
+        if algo == "ring":
+            return self._ring_time(g, s, passes=2)
+        if algo == "tree":
+            return _out(self._tree_time(g, s))
+        if algo == "nvls":
+            if not self._one_host(g):
+                raise ValueError(f"nvls all-reduce needs a group inside one NVSwitch host, got {g}")
+            return _out(self._nvls_time(g, s))
+        nvls = self.nvls and n > 2 and self._one_host(g)
+        cands = [np.asarray(self._ring_time(g, s, passes=2))]
+        if algo == "nccl":
+            if nvls:
+                cands.append(self._nvls_time(g, s))
+            if not self._one_host(g):
+                cands.append(self._tree_time(g, s))
+            return _out(reduce(np.minimum, cands))
+        if n <= 2:  # auto
+            return _out(cands[0])
+        b_out, b_in, lat = self._a2a(g)
         bw = float(min(b_out.min(), b_in.min()))
-        two_shot = 2 * (n - 1) / n * s / bw + 2 * lat
-        one_shot = (n - 1) * s / bw + lat
-        return _out(np.minimum(np.minimum(ring, two_shot), one_shot))
+        cands.append(self._tree_time(g, s))
+        cands.append(_fastest(self.protocols, lambda p: p.a2a_launch_s + 2 * (n - 1) / n * s / (bw * p.bw_fraction)
+                              + 2 * lat))
+        cands.append(_fastest(self.protocols, lambda p: p.a2a_launch_s + (n - 1) * s / (bw * p.bw_fraction) + lat))
+        if nvls:
+            cands.append(self._nvls_time(g, s))
+        return _out(reduce(np.minimum, cands))
+
+    def _tree_time(self, g: tuple[int, ...], s: np.ndarray) -> np.ndarray:
+        coef, lat, depth = self.tree(g)
+        return _fastest(self.protocols, lambda p: p.launch_s + 2 * depth * lat + s * coef / p.bw_fraction)
+
+    def _nvls_time(self, g: tuple[int, ...], s: np.ndarray) -> np.ndarray:
+        n = len(g)
+        b_out, b_in, lat = self._a2a(g)
+        bw, p = float(min(b_out.min(), b_in.min())), _bulk(self.protocols)
+        return np.asarray(p.launch_s + 2 * lat + (n + 1) / n * s / (bw * p.bw_fraction))
 
     def all_gather_s(self, group: tuple[int, ...], nbytes: ArrayLike) -> Seconds:
         """Ring all-gather of ``nbytes`` total output: ``(n-1)/n · S / B + (n-1) · L`` seconds."""
@@ -158,21 +541,69 @@ class SimpleCollectives:
             return _out(np.zeros_like(s))
         bw, lat = self.ring(tuple(group))
         steps = passes * (n - 1)
-        return _out(steps / n * s / bw + steps * lat)
+        return _out(_fastest(self.protocols, lambda p: p.launch_s + steps / n * s / (bw * p.bw_fraction)
+                             + steps * lat))
 
-    def all_to_all_s(self, group: tuple[int, ...], pair_bytes: ArrayLike) -> Seconds:
-        """All-to-all of ``pair_bytes [..., n, n]`` (i → j, diagonal ignored) → ``[...]`` seconds."""
+    def all_to_all_s(self, group: tuple[int, ...], pair_bytes: ArrayLike, algorithm: str = "direct", *,
+                     node_bytes: ArrayLike | None = None, forward_at: str = "destination",
+                     protocol: Protocol | None = None, kernel_s: ArrayLike | None = None) -> Seconds:
+        """All-to-all of ``pair_bytes [..., n, n]`` (i → j, diagonal ignored) → ``[...]`` seconds.
+
+        ``algorithm``: ``direct``, ``hierarchical`` (with optional ``node_bytes [..., n, hosts]``
+        and ``forward_at``, see ``hierarchical_legs``) or ``low_latency``; ``protocol`` replaces
+        the protocol set for this call (a DeepEP kernel's launch cost, bandwidth share, SM limit);
+        ``kernel_s`` (scalar or ``[...]``): the time the kernel's SMs need to move these bytes,
+        a floor under the bandwidth term (DeepEP's per-token work).
+        """
+        if algorithm not in ALL_TO_ALL_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALL_TO_ALL_ALGORITHMS}, got {algorithm!r}")
         pb = _as_bytes(pair_bytes)
-        n = len(self._check(group))
+        g = self._check(group)
+        n = len(g)
         if pb.ndim < 2 or pb.shape[-2:] != (n, n):
             raise ValueError(f"pair_bytes must have shape [..., {n}, {n}] for a group of {n}, got {pb.shape}")
         if n == 1:
             return _out(np.zeros(pb.shape[:-2]))
-        b_out, b_in, lat = self._a2a(tuple(group))
+        protocols = self.protocols if protocol is None else (protocol,)
+        floor = np.zeros(pb.shape[:-2]) if kernel_s is None else np.broadcast_to(_as_bytes(kernel_s), pb.shape[:-2])
+        if algorithm == "hierarchical":
+            return _out(self._hierarchical(g, pb, node_bytes, forward_at, protocols, floor))
+        b_out, b_in, lat = self._a2a(g)
         off = pb * (1.0 - np.eye(n))
-        send_s = off.sum(axis=-1) / b_out  # [..., n]
-        recv_s = off.sum(axis=-2) / b_in  # [..., n]
-        return _out(np.maximum(send_s, recv_s).max(axis=-1) + lat)
+        sent, recv = off.sum(axis=-1), off.sum(axis=-2)  # [..., n]
+        bw_s = np.maximum(sent / b_out, recv / b_in).max(axis=-1)
+        inj = np.maximum(sent, recv).max(axis=-1)
+        return _out(_fastest(protocols, lambda p: p.a2a_launch_s + lat
+                             + np.maximum.reduce([bw_s / p.bw_fraction, inj / p.injection_bytes_per_s, floor]),
+                             off.max(axis=(-2, -1))))
+
+    def rails(self) -> Rails:
+        """Local ranks and rail peers of the topology's GPUs (cached)."""
+        if self._rails is None:
+            self._rails = Rails(self.topology.node_of)
+        return self._rails
+
+    def _hierarchical(self, g: tuple[int, ...], pb: np.ndarray, node_bytes: ArrayLike | None,
+                      forward_at: str, protocols: tuple[Protocol, ...], floor: np.ndarray) -> np.ndarray:
+        legs = hierarchical_legs(self.rails(), g, pb, None if node_bytes is None else _as_bytes(node_bytes),
+                                 forward_at)
+        x = np.asarray(legs.group)
+        with np.errstate(divide="ignore"):
+            w = np.where(np.eye(x.size, dtype=bool), 0.0, 1.0 / self._pair_bw(x[:, None], x[None, :]))
+        intra = self.topology.node_of[x][:, None] == self.topology.node_of[x][None, :]
+        t = legs.bytes * w
+        port = np.maximum.reduce([(t * intra).sum(axis=-1).max(axis=-1), (t * ~intra).sum(axis=-1).max(axis=-1),
+                                  (t * intra).sum(axis=-2).max(axis=-1), (t * ~intra).sum(axis=-2).max(axis=-1)])
+        inj = np.maximum(legs.bytes.sum(axis=-1), legs.bytes.sum(axis=-2)).max(axis=-1)
+        lat_m = self.topology.latency_s[np.ix_(x, x)]
+        moving = legs.bytes > 0
+        fwd = moving & legs.forward
+        first = np.where(moving & ~legs.forward, lat_m, 0.0).max(axis=(-2, -1))
+        second = np.where(fwd, lat_m, 0.0).max(axis=(-2, -1))
+        lat = first + second + self.per_message_latency_s * (1.0 + fwd.any(axis=(-2, -1)))
+        return _fastest(protocols, lambda p: p.a2a_launch_s + lat
+                        + np.maximum.reduce([port / p.bw_fraction, inj / p.injection_bytes_per_s, floor]),
+                        legs.bytes.max(axis=(-2, -1)))
 
     def p2p_s(self, src: int, dst: int, nbytes: ArrayLike) -> Seconds:
         """``S / (B(src, dst) · efficiency) + latency(src, dst) + per_message_latency_s``; 0 if src == dst."""
@@ -180,9 +611,33 @@ class SimpleCollectives:
         src, dst = self._check((src,))[0], self._check((dst,))[0]
         if src == dst:
             return _out(np.zeros_like(s))
-        bw = float(self.topology.bottleneck_bytes_per_s[src, dst]) * self.efficiency
+        bw = float(self._pair_bw(np.asarray(src), np.asarray(dst)))
         lat = float(self.topology.latency_s[src, dst]) + self.per_message_latency_s
-        return _out(s / bw + lat)
+        return _out(_fastest(self.protocols, lambda p: p.a2a_launch_s + lat
+                             + np.maximum(s / (bw * p.bw_fraction), s / p.injection_bytes_per_s), s))
+
+    def transfers_s(self, src: ArrayLike, dst: ArrayLike, nbytes: ArrayLike) -> float:
+        """Seconds until simultaneous transfers ``src[k] → dst[k]`` of ``nbytes[k]`` (KV cache,
+        expert weights) have landed: the transfers of one GPU share its port (their times
+        ``bytes / B(src, dst)`` add, per sender and per receiver), plus the largest path latency;
+        ``src == dst`` moves nothing; 0 s without bytes."""
+        s, d = np.asarray(src, np.int64).ravel(), np.asarray(dst, np.int64).ravel()
+        b = _as_bytes(nbytes).ravel()
+        if not (s.shape == d.shape == b.shape):
+            raise ValueError("src, dst and nbytes must give one value per transfer")
+        if s.size:
+            self._check(tuple(np.unique(np.concatenate([s, d])).tolist()))
+        moving = (s != d) & (b > 0)
+        if not moving.any():
+            return 0.0
+        s, d, b = s[moving], d[moving], b[moving]
+        t = b / self._pair_bw(s, d)
+        g = self.topology.n_gpus
+        port = max(np.bincount(s, t, g).max(), np.bincount(d, t, g).max())
+        inj = max(np.bincount(s, b, g).max(), np.bincount(d, b, g).max())
+        lat = float(self.topology.latency_s[s, d].max()) + self.per_message_latency_s
+        return float(_fastest(self.protocols, lambda p: p.a2a_launch_s + lat
+                              + max(port / p.bw_fraction, inj / p.injection_bytes_per_s), b.max()))
 
 
 def _as_bytes(x: ArrayLike) -> np.ndarray:

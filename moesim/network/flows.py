@@ -1,15 +1,17 @@
 """Flow-level network: GPU→GPU transfers as flows over link paths sharing links max-min fairly.
 
-**Routes.** ``FlowNetwork(topology)`` uses ``topology.flow_router()`` when the topology has one
-(``generators.FatTree``: vectorised, over ECMP trunks); otherwise ``GraphRouter`` searches
-``topology.graph``: every shortest-hop path between the two GPUs (``networkx.all_shortest_paths``),
-at most ``max_paths`` of them in networkx's enumeration order (a cap against path explosion; with
-more equal-cost paths only the first ``max_paths`` share the flow), the flow split evenly over them
-(fractional incidence, see ``maxmin``) or, with ``ecmp="hash"``, sent on one of them. Note that the
-graph lets GPUs forward (rail topologies without a spine rely on it), so on ``h100-4node-rail`` a
-cross-rail transfer has two equal-cost paths over two different NICs and ``split`` gives it twice
-one NIC's bandwidth. Paths are cached per (src, dst) pair, and the incidence of a
-whole group (all its ordered pairs) per group.
+**Routes.** ``FlowNetwork(topology)`` uses ``topology.flow_router(max_paths=, ecmp=)`` when the
+topology has one: ``generators.FatTree`` (vectorised, over ECMP trunks), and ``Topology``, which
+returns that same vectorised router for leaf-spine / fat-tree topologies of its model and a
+``GraphRouter`` otherwise. ``GraphRouter`` takes the routed shortest-hop paths of
+``Topology.routed_edge_paths`` (its routing policy: GPUs are never transit vertices except a PXN
+proxy, traffic inside a host stays inside it and prefers NVLink, traffic between hosts leaves and
+enters at the GPUs' own NICs; see ``topology``), at most ``max_paths`` of them (a cap against path
+explosion; with more equal-cost paths only the first ``max_paths`` share the flow), the flow split
+evenly over them (fractional incidence, see ``maxmin``) or, with ``ecmp="hash"``, sent on one of
+them, a fixed function of (src, dst) as per-flow ECMP hashing does. So on ``h100-4node-rail`` (PXN)
+a cross-rail transfer crosses NVLink to the proxy and then one NIC. Paths are cached per (src,
+dst) pair, and the incidence of a whole group (all its ordered pairs) per group.
 
 **Time of a batch.** The flows of a batch start together; ``maxmin.simulate_batch`` gives each
 flow's finish time ``f_i`` (link capacities are ``bytes_per_s × efficiency``). Flow ``i``'s last
@@ -61,7 +63,8 @@ class Routes:
 
 
 class GraphRouter:
-    """ECMP shortest-hop routes on ``topology.graph``; its links are the graph's directed edges."""
+    """ECMP routes on ``topology.graph`` (the topology's routing policy where it has one, see the
+    module doc); its links are the graph's directed edges, in ``topology.edge_list`` order."""
 
     def __init__(self, topology: Topology, *, max_paths: int = 64, ecmp: str = "split") -> None:
         if max_paths < 1:
@@ -70,11 +73,11 @@ class GraphRouter:
             raise ValueError(f"ecmp must be 'split' or 'hash', got {ecmp!r}")
         self.topology, self.max_paths, self.ecmp = topology, max_paths, ecmp
         graph = topology.graph
-        self.edges: list[tuple[str, str]] = list(graph.edges)
+        self.edges: list[tuple[str, str]] = list(getattr(topology, "edge_list", None) or graph.edges)
         self._index = {e: i for i, e in enumerate(self.edges)}
         self.capacity_bytes_per_s = np.array([graph.edges[e]["bytes_per_s"] for e in self.edges], float)
         self._latency_s = np.array([graph.edges[e]["latency_s"] for e in self.edges], float)
-        self.tier = np.array([_tier(graph, u, v) for u, v in self.edges])
+        self.tier = np.array([graph.edges[u, v].get("tier") or _tier(graph, u, v) for u, v in self.edges])
         self._pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
 
     def pair(self, src: int, dst: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -84,18 +87,27 @@ class GraphRouter:
             if src == dst:
                 hit = (np.zeros(0, np.int64), np.zeros(0), 0.0)
             else:
-                names = self.topology.gpu_names
-                paths = list(islice(nx.all_shortest_paths(self.topology.graph, names[src], names[dst]),
-                                    self.max_paths))
+                ids = self._paths(src, dst)
                 if self.ecmp == "hash":  # one path per pair, picked by a fixed hash of (src, dst)
-                    paths = [paths[(src * 1_000_003 + dst) % len(paths)]]
-                ids = [np.array([self._index[e] for e in zip(p[:-1], p[1:])]) for p in paths]
+                    ids = [ids[(src * 1_000_003 + dst) % len(ids)]]
                 links, inverse = np.unique(np.concatenate(ids), return_inverse=True)
-                weights = np.bincount(inverse, minlength=links.size) / len(paths)
+                weights = np.bincount(inverse, minlength=links.size) / len(ids)
                 lat = max(float(self._latency_s[i].sum()) for i in ids)
                 hit = (links.astype(np.int64), weights, lat)
             self._pairs[(src, dst)] = hit
         return hit
+
+    def _paths(self, src: int, dst: int) -> list[np.ndarray]:
+        """Edge-index paths of one pair: the topology's routed paths, or (objects without a routing
+        policy) shortest-hop paths on the graph that do not cross another GPU."""
+        routed = getattr(self.topology, "routed_edge_paths", None)
+        if routed is not None:
+            return [np.asarray(p, dtype=np.int64) for p in routed(src, dst, self.max_paths)]
+        graph, names = self.topology.graph, self.topology.gpu_names
+        ends = {names[src], names[dst]}
+        view = nx.subgraph_view(graph, filter_node=lambda v: v in ends or graph.nodes[v].get("kind") != "gpu")
+        paths = list(islice(nx.all_shortest_paths(view, names[src], names[dst]), self.max_paths))
+        return [np.array([self._index[e] for e in zip(p[:-1], p[1:])]) for p in paths]
 
     def route(self, src: np.ndarray, dst: np.ndarray) -> Routes:
         """Routes of the flows ``src[k] → dst[k]`` (GPU indices)."""
@@ -193,7 +205,8 @@ class FlowNetwork:
             raise ValueError(f"per_message_latency_s must be >= 0, got {per_message_latency_s}")
         make = getattr(topology, "flow_router", None)
         self.topology = topology
-        self.router = make() if callable(make) else GraphRouter(topology, max_paths=max_paths, ecmp=ecmp)
+        self.router = (make(max_paths=max_paths, ecmp=ecmp) if callable(make)
+                       else GraphRouter(topology, max_paths=max_paths, ecmp=ecmp))
         self.nominal_bytes_per_s = self.router.capacity_bytes_per_s
         self.capacity_bytes_per_s = self.nominal_bytes_per_s * efficiency
         self.tier: np.ndarray = self.router.tier

@@ -4,7 +4,8 @@ Each builder draws one panel and returns ``None`` when the run recorded nothing 
 model has no expert load, a run without a time series has no throughput plot), so that the HTML
 page simply leaves the panel out. Builders never mutate the result.
 
-``PANELS`` lists the panels in page order; ``build_figures`` runs them all.
+``PANELS`` lists the panels in page order, ``all_panels`` adds the MoE panels of
+``moe_figures``; ``build_figures`` runs them all.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
     from moesim.metrics.result import RunResult
 
 __all__ = [
-    "PANELS", "batch_size_hist", "build_figures", "busy_fraction", "expert_load_heatmap",
-    "imbalance_table", "kv_occupancy", "latency_cdf", "queue_depth", "rank_load_heatmap",
+    "PANELS", "all_panels", "batch_size_hist", "build_figures", "busy_fraction",
+    "expert_load_heatmap", "imbalance_table", "kv_occupancy", "latency_cdf", "queue_depth", "rank_load_heatmap",
     "throughput",
 ]
 
@@ -294,13 +295,23 @@ PANELS: tuple[tuple[str, Callable[[RunResult], go.Figure | None]], ...] = (
     ("rank_load", rank_load_heatmap),
     ("imbalance", imbalance_table),
 )
-"""Every panel as ``(name, builder)``, in page order; ``name`` is the HTML ``data-figure``."""
+"""The general panels as ``(name, builder)``, in page order; ``name`` is the HTML ``data-figure``
+(``all_panels`` appends the MoE ones)."""
+
+
+def all_panels() -> tuple[tuple[str, Callable[[RunResult], go.Figure | None]], ...]:
+    """``PANELS`` followed by the MoE panels of ``moe_figures.MOE_PANELS`` and the training panels of
+    ``training_figures.TRAINING_PANELS`` (which draw nothing for inference runs)."""
+    from moesim.report.moe_figures import MOE_PANELS  # late: moe_figures builds on this module
+    from moesim.report.training_figures import TRAINING_PANELS
+
+    return PANELS + MOE_PANELS + TRAINING_PANELS
 
 
 def build_figures(result: RunResult) -> dict[str, go.Figure]:
-    """Run every panel builder; panels without data are left out. Keys keep ``PANELS`` order."""
+    """Run every panel builder; panels without data are left out. Keys keep ``all_panels`` order."""
     figures: dict[str, go.Figure] = {}
-    for name, builder in PANELS:
+    for name, builder in all_panels():
         fig = builder(result)
         if fig is not None:
             figures[name] = fig

@@ -31,7 +31,21 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "goodput_requests_per_s", "slo_attainment")),
     ("Throughput", ("input_tokens_per_s", "output_tokens_per_s", "output_tokens_per_s_per_gpu")),
     ("Utilisation", ("busy_fraction_mean", "batch_size_mean", "kv_occupancy_mean",
-                     "kv_occupancy_max", "kv_capacity_tokens", "expert_imbalance_mean")),
+                     "kv_occupancy_max", "kv_capacity_tokens", "expert_imbalance_mean",
+                     "expert_imbalance_placed_mean")),
+    ("MoE health", ("tokens_dropped", "expert_weight_bytes_moved", "replans", "migration_pause_s",
+                    "oom_passes", "peak_moe_activation_bytes", "moe_comm_fraction")),
+    ("Calibration", ("calibration_queries", "calibration_out_of_domain", "calibration_spread_rel")),
+    ("Training", ("parallelism", "schedule", "micro_batches", "steps", "step_time_mean_s", "step_time_p99_s",
+                  "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "bubble_fraction", "memory_peak_bytes",
+                  "memory_peak_runtime_bytes", "oom_steps")),
+    ("Step breakdown", tuple(f"step_{k}_s" for k in (
+        "compute", "recompute", "tp_comm", "ep_comm", "gate", "bubble", "pp_comm", "imbalance_wait",
+        "straggler_wait", "dp_exposed", "optimizer", "param_gather"))),
+    ("Routing", ("gate", "maxvio_global_first", "maxvio_global_last", "maxvio_micro_mean", "dropped_fraction")),
+    ("Time to train", ("train_tokens", "time_to_train_days", "time_to_train_s", "time_to_train_ideal_s", "gpu_hours",
+                       "goodput", "failures", "lost_work_s", "restart_total_s", "checkpoint_blocking_s",
+                       "straggler_slowdown")),
     ("Simulator", ("forward_passes", "des_events")),
 )
 _LATENCY_ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "E2E"))
@@ -42,7 +56,14 @@ _LABELS = {
     "goodput_requests_per_s": "goodput", "output_tokens_per_s_per_gpu": "output tokens / s / GPU",
     "des_events": "DES events", "kv_capacity_tokens": "KV capacity",
     "moesim_version": "moesim version", "wall_s": "wall time",
+    "expert_imbalance_placed_mean": "expert imbalance before balancing",
+    "expert_weight_bytes_moved": "weight bytes moved", "replans": "re-plans",
+    "oom_passes": "OOM passes", "peak_moe_activation_bytes": "peak MoE activation",
+    "moe_comm_fraction": "MoE comm share of pass time", "calibration_out_of_domain": "out of domain",
+    "calibration_spread_rel": "measurement spread", "weight_bytes_per_gpu": "weights per GPU",
 }
+_DYNAMIC = {"Calibration": "calibration_out_of_domain_"}
+"""Sections that also list every summary key with this prefix (one per measured op)."""
 _PROVENANCE_ORDER = ("moesim_version", "seed", "scenario_hash", "calibration_hashes",
                      "created_at", "wall_s")
 
@@ -64,6 +85,7 @@ details{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:8px 1
 summary{cursor:pointer;font-weight:600}
 pre{font-size:.8rem;overflow:auto;max-height:480px}
 nav{font-size:.85rem;margin:6px 0}nav a{margin-right:10px;color:#2a5d9f}
+.pm,.note{color:#5b6777}
 .figure{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:6px;margin:14px 0}
 """
 
@@ -72,6 +94,10 @@ def _label(key: str) -> str:
     """Human label for a summary or provenance key."""
     if key in _LABELS:
         return _LABELS[key]
+    if key.startswith("calibration_out_of_domain_"):
+        return "out of domain: " + key.removeprefix("calibration_out_of_domain_")
+    if key.endswith("_pm"):
+        return "± " + _label(key.removesuffix("_pm"))
     if key.endswith("_per_s"):
         return key.removesuffix("_per_s").replace("_", " ") + " / s"
     return key.removesuffix("_s").replace("_", " ")
@@ -91,6 +117,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def _bytes(value: float) -> str:
+    """Bytes with a decimal prefix (B, kB, MB, GB, TB, PB) and three significant digits."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}B"
+    return f"{value:.3g} B"
+
+
 def _si(value: float) -> str:
     """A number with an SI prefix (k, M, G) and three significant digits."""
     for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -102,8 +136,9 @@ def _si(value: float) -> str:
 def format_kpi(key: str, value: Any) -> str:
     """Format one summary / provenance value for display, choosing the unit from the key name.
 
-    ``*_per_s`` are rates, ``*_s`` durations, fractions (occupancy, attainment) percentages,
-    ``*imbalance*`` a max/mean ratio; integers get thousands separators.
+    ``*_per_s`` are rates, ``*_s`` durations, ``*bytes*`` sizes (kB, MB, GB …), fractions
+    (occupancy, attainment, ``*_rel``) percentages, ``*imbalance*`` a max/mean ratio; integers get
+    thousands separators. ``<key>_pm`` is the ± band of ``<key>``, in its unit.
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -113,18 +148,32 @@ def format_kpi(key: str, value: Any) -> str:
         return json.dumps(value, default=str)
     if not isinstance(value, Real):
         return str(value)
+    if key.endswith("_pm"):
+        return "± " + format_kpi(key.removesuffix("_pm"), value)
     if key.endswith("_per_s") or "_per_s_" in key:
         unit = "tok/s" if "tokens" in key else "req/s" if "requests" in key else "/s"
         return f"{_si(float(value))}{unit}" + ("/GPU" if key.endswith("per_gpu") else "")
     if key.endswith("_s"):
         return _duration(float(value))
-    if any(word in key for word in ("fraction", "occupancy", "attainment")):
+    if "bytes" in key:
+        return _bytes(float(value))
+    if key.endswith("_rel") or any(word in key for word in ("fraction", "occupancy", "attainment")):
         return f"{float(value):.1%}"
     if "imbalance" in key:
         return f"{float(value):.3f}×"
     if isinstance(value, Integral):
         return f"{int(value):,}" + (" tokens" if key.endswith("_tokens") else "")
     return f"{float(value):,.4g}"
+
+
+def _value(key: str, summary: Mapping[str, Any], notes: Mapping[str, str]) -> str:
+    """Escaped value of ``summary[key]``, with its ± band (``<key>_pm``) and a note if any."""
+    shown = escape(format_kpi(key, summary.get(key)))
+    if summary.get(f"{key}_pm") is not None:
+        shown += f" <span class=pm>{escape(format_kpi(f'{key}_pm', summary[f'{key}_pm']))}</span>"
+    if key in notes:
+        shown += f" <span class=note>({escape(notes[key])})</span>"
+    return shown
 
 
 def _rows(items: Iterable[tuple[str, str]]) -> str:
@@ -147,29 +196,49 @@ def _latency_card(summary: Mapping[str, Any]) -> str:
     head = "<tr><th></th>" + "".join(f"<th class=v>{s}</th>" for s in _LATENCY_STATS) + "</tr>"
     body = "".join(
         f"<tr><td>{label}</td>" + "".join(
-            f"<td class=v>{escape(format_kpi(f'{m}_{s}_s', summary.get(f'{m}_{s}_s')))}</td>"
+            f"<td class=v>{_value(f'{m}_{s}_s', summary, {})}</td>"
             for s in _LATENCY_STATS) + "</tr>"
         for m, label in present)
     return _card("Latency", head + body, wide=True)
 
 
-def _kpi_cards(summary: Mapping[str, Any]) -> str:
-    """KPI cards by section; keys not in any section land in 'Other'; missing ones are skipped."""
+def _kpi_cards(summary: Mapping[str, Any], notes: Mapping[str, str] | None = None) -> str:
+    """KPI cards by section; keys not in any section land in 'Other'; missing ones are skipped.
+
+    A ``<key>_pm`` band is shown as ± next to its key; ``notes`` adds a remark to a key's value.
+    """
+    notes = notes or {}
     used = {f"{m}_{s}_s" for m, _ in _LATENCY_ROWS for s in _LATENCY_STATS}
     cards = []
     for title, keys in _SECTIONS:
+        if title in _DYNAMIC:
+            keys = keys + tuple(sorted(k for k in summary if k.startswith(_DYNAMIC[title])))
         used.update(keys)
-        rows = [(_label(k), escape(format_kpi(k, summary[k]))) for k in keys if k in summary]
+        rows = [(_label(k), _value(k, summary, notes)) for k in keys if k in summary]
         if rows:
             cards.append(_card(title, _rows(rows)))
         if title == "Run":
             cards.append(_latency_card(summary))
+    used.update([f"{k}_pm" for k in used if k in summary])  # bands are shown next to their key
     other = [(_label(k), escape(format_kpi(k, v))) for k, v in summary.items() if k not in used]
     if other:
         cards.append(_card("Other", _rows(other)))
     if not any(cards):
         return "<p>No summary recorded.</p>"
     return "<div class=cards>" + "".join(cards) + "</div>"
+
+
+def _oom_note(result: RunResult) -> dict[str, str]:
+    """``{"oom_passes": "first at …"}`` from the OOM table when some pass overflowed HBM."""
+    oom = result.oom
+    if oom.empty or "first_oom_s" not in oom.columns:
+        return {}
+    first = [float(t) for t in oom["first_oom_s"] if t is not None and not _isnan(t)]
+    return {"oom_passes": f"first at {format_kpi('first_oom_s', min(first))}"} if first else {}
+
+
+def _isnan(value: Any) -> bool:
+    return isinstance(value, Real) and math.isnan(float(value))
 
 
 def _provenance(provenance: Mapping[str, Any]) -> str:
@@ -227,7 +296,7 @@ def render_html(result: RunResult, *, title: str | None = None) -> str:
 <h1>{escape(title)}</h1>
 <p class=sub>{subtitle}</p>
 <h2>Key results</h2>
-{_kpi_cards(summary)}
+{_kpi_cards(summary, _oom_note(result))}
 <h2>Provenance</h2>
 <div class=cards>{_provenance(result.provenance)}</div>
 <details><summary>Scenario config (JSON)</summary><pre>{escape(config_json)}</pre></details>

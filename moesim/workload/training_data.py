@@ -12,10 +12,15 @@ Modes (``TrainDataCfg``):
   ``micro_batch_seqs`` consecutive samples;
 * no packing: one document per sample, unpadded; a bin holds ``micro_batch_seqs`` documents, so
   token counts vary;
-* ``balance: length_aware`` (Zeppelin / ByteScale style): the step's documents, longest first,
-  are dealt to the bins in serpentine order (bin 0..n-1, then n-1..0, ...), which evens out both
-  tokens and quadratic work; bins then hold about, not exactly, the nominal token count and
-  documents are not split.
+* ``balance: length_aware`` [ours, in the spirit of Zeppelin / ByteScale]: packing that keeps
+  quadratic work apart, then a placement that evens it across ranks. (1) The longest documents
+  open one sample each; the remaining documents, longest first, fill the samples' leftover room
+  in order (split at room boundaries), so no sample holds two long documents. (2) Samples sorted
+  by attention pairs form the bins (``micro_batch_seqs`` consecutive samples each), and bins
+  sorted by pairs are grouped ``ranks`` at a time into one micro-batch index. Since the ranks of
+  a micro-batch wait for each other (EP synchronises every MoE layer), grouping equal work
+  together minimises the sum over micro-batches of the slowest rank. Token counts stay exactly
+  ``micro_batch_seqs * seq_len`` per bin.
 
 Documents are truncated to ``seq_len``. Bins are laid out ``[ranks, micro_batches]``: rank r's
 micro-batch i is bin ``r * micro_batches + i``.
@@ -74,15 +79,25 @@ def _packed(lengths: np.ndarray, samples: int, seq_len: int) -> tuple[np.ndarray
     return np.full(samples, float(seq_len)), pairs
 
 
-def _serpentine(lengths: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Longest first, dealt 0..n-1, n-1..0, ... over ``bins`` bins."""
+def _length_aware(lengths: np.ndarray, samples: int, seq_len: int) -> np.ndarray:
+    """Pairs of ``samples`` samples: the longest documents open a sample each, the rest fill the
+    leftover room longest first (module doc, step 1)."""
     order = np.sort(lengths)[::-1]
-    k = np.arange(order.size)
-    rnd, pos = np.divmod(k, bins)
-    b = np.where(rnd % 2 == 0, pos, bins - 1 - pos)
-    tokens = np.bincount(b, weights=order.astype(np.float64), minlength=bins)
-    pairs = np.bincount(b, weights=_pairs(order), minlength=bins)
-    return tokens, pairs
+    first = order[:samples]
+    pairs = np.zeros(samples)
+    pairs[:first.size] = _pairs(first)
+    room = np.full(samples, seq_len, dtype=np.int64)
+    room[:first.size] -= first
+    total = int(room.sum())
+    if total == 0:
+        return pairs
+    room_ends = np.cumsum(room)
+    ends = np.cumsum(order[samples:])
+    cuts = np.union1d(ends[ends < total], room_ends[:-1])
+    bounds = np.concatenate(([0], cuts, [total]))
+    piece = np.diff(bounds)
+    sample = np.searchsorted(room_ends, bounds[:-1], side="right")
+    return pairs + np.bincount(sample, weights=_pairs(piece), minlength=samples)
 
 
 def training_batch(cfg: TrainDataCfg, *, ranks: int, micro_batches: int, rng: np.random.Generator) -> BatchLayout:
@@ -100,12 +115,12 @@ def training_batch(cfg: TrainDataCfg, *, ranks: int, micro_batches: int, rng: np
         pairs = _pairs(grouped).sum(axis=1)
         return BatchLayout(tokens.reshape(shape), pairs.reshape(shape), int(lens.size))
     lens = _draw(cfg, bins * per_bin * s, rng)
+    used = int(np.searchsorted(np.cumsum(lens), bins * per_bin * s)) + 1   # documents the step consumes
     if cfg.balance == "length_aware":
-        ends = np.cumsum(lens)
-        keep = int(np.searchsorted(ends, bins * per_bin * s)) + 1     # just enough documents for the step
-        tokens, pairs = _serpentine(lens[:keep], bins)
-        return BatchLayout(tokens.reshape(shape), pairs.reshape(shape), keep)
+        sample_pairs = np.sort(_length_aware(lens[:used], bins * per_bin, s))[::-1]
+        bin_pairs = np.sort(sample_pairs.reshape(bins, per_bin).sum(axis=1))[::-1]
+        grouped = bin_pairs.reshape(micro_batches, ranks).T        # micro-batch i: the i-th group of `ranks`
+        return BatchLayout(np.full(shape, float(per_bin * s)), np.ascontiguousarray(grouped), used)
     tokens, pairs = _packed(lens, bins * per_bin, s)
-    used = int(np.searchsorted(np.cumsum(lens), bins * per_bin * s)) + 1
     return BatchLayout(tokens.reshape(bins, per_bin).sum(axis=1).reshape(shape),
                        pairs.reshape(bins, per_bin).sum(axis=1).reshape(shape), used)

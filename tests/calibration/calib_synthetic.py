@@ -44,15 +44,16 @@ def roofline_samples(*, scale: float = 1.0, model: str = "olmoe-1b-7b", tp: int 
     for v in attention_variants(spec, tp=tp):
         fpp, kvb = v["flops_per_pair"], v["kv_bytes_per_token"]
         if v["phase"] == "prefill":
-            pts = [(b * sq * (sq + 1) / 2, b * sq) for sq in POW2[:13] for b in (1, 2, 4, 8, 16, 32, 64)]
-        else:
-            pts = [(float(kv), float(kv)) for kv in [2 ** e for e in range(23)]]
-        for pairs, kv in pts:
+            pts = [(b * sq * (sq + 1) / 2, b * sq, b) for sq in POW2[:13] for b in (1, 2, 4, 8, 16, 32, 64)]
+        else:       # batch x KV tokens per sequence, as measured
+            pts = [(float(b * kv), float(b * kv), b) for b in POW2[:10] for kv in [2 ** e for e in range(18)]
+                   if b * kv <= 1 << 23]
+        for pairs, kv, b in pts:
             t = float(rc.attention_s(decode=v["phase"] == "decode", pairs=pairs, kv_tokens=kv, flops_per_pair=fpp,
-                                     kv_bytes_per_token=kvb))
+                                     kv_bytes_per_token=kvb, seqs=b))
             s["attention"].append(row(scale * t, phase=v["phase"], flops_per_pair=fpp, kv_bytes_per_token=kvb,
-                                      pairs=pairs, kv_tokens=kv))
-    for e in range(10, 35):
+                                      pairs=pairs, kv_tokens=kv, batch=b))
+    for e in range(6, 35):
         s["memory"].append(row(scale * float(rc.memory_s(2.0 ** e)), kind="d2d", nbytes=2.0 ** e))
     s["host"] = [row(scale * rc.kernel_s, kind="launch")]
     return s

@@ -39,8 +39,12 @@ def test_imported_profile_answers_engine_queries(imported: tuple[dict, dict], tm
     prof = load_profile(write_profile(data, tmp_path / "h200.json").path)
     cost = CalibratedCost(prof, weight_dtype="bf16")
     # DeepSeek-V3 MLA decode on one GPU of TP8 (16 heads, bf16 latent cache): a measured variant
-    t = cost.attention_s(decode=True, pairs=np.array([4096.0, 65536.0]), kv_tokens=np.array([4096.0, 65536.0]),
-                         flops_per_pair=2.0 * 16 * (2 * 512 + 64), kv_bytes_per_token=576 * 2.0)
+    kw = dict(decode=True, flops_per_pair=2.0 * 16 * (2 * 512 + 64), kv_bytes_per_token=576 * 2.0)
+    t = cost.attention_s(pairs=np.array([4096.0, 65536.0]), kv_tokens=np.array([4096.0, 65536.0]), seqs=1, **kw)
     assert t[0] < t[1] and cost.out_of_domain["attention"] == 0
+    # the decode table is 2-D over the measured batch x KV length: 1024 sequences of 16 tokens cost
+    # far more than 16 of 1024, the same KV tokens (~0.075 vs ~0.02 ms on the H200)
+    few, many = (float(cost.attention_s(pairs=16384.0, kv_tokens=16384.0, seqs=n, **kw)) for n in (16, 1024))
+    assert many > 2 * few and cost.out_of_domain["attention"] == 0
     assert 1e-6 < float(cost.gemm_s(64, 4096, 4096)) < 1e-3
     assert float(cost.collective_s("all_reduce", 8, 1 << 20)) > 0

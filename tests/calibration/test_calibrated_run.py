@@ -107,3 +107,37 @@ def test_importing_moesim_and_the_engine_never_imports_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_calibrated_model_is_charged_the_small_moe_ops(roofline_profile: Callable[..., Path]) -> None:
+    """Router softmax / top-k, permute and unpermute reach the calibrated memory table, once per
+    MoE group cost, and cost what the table says for their bytes."""
+    cal, d = _pcm([f"hardware.calibration={roofline_profile(1.0)}"])
+    cost = d.cost
+    before = cost.queries["memory"]
+    tokens = 333
+    cal.group_static_s(tokens, 3)
+    assert cost.queries["memory"] - before == 4                 # norms + router + permute + unpermute
+    m, ab = d.model, d.shape.act_bytes_per_elem
+    e, k, h = m.moe.n_routed_experts, m.moe.top_k, m.hidden_size
+    small = float(cost.memory_s(np.array([tokens * (e * ab + 8 * k), 2 * tokens * k * h * ab,
+                                          (k + 1) * tokens * h * ab])).sum())
+    assert small > 0 and cost.out_of_domain["memory"] == 0
+
+
+def test_seqs_change_calibrated_decode_passes_at_equal_kv(tmp_path: Path) -> None:
+    """Two decode batches with the same KV tokens: many short sequences vs few long ones. With a
+    profile whose decode kernels pay per sequence, the pass model's seqs makes them differ."""
+    from calib_synthetic import roofline_samples, write_synthetic
+    samples = roofline_samples(tp=1)
+    for r in samples["attention"]:
+        if r["phase"] == "decode":
+            r["median_s"] += 2e-7 * r["batch"]                 # a per-sequence cost the roofline lacks
+    path = write_synthetic(tmp_path / "perseq.json", samples)
+    cal, d = _pcm([*ONE_GPU, f"hardware.calibration={path}"])
+    few = GroupBatch(decode_ctx=np.full(4, 4095))
+    many = GroupBatch(decode_ctx=np.full(256, 63))             # 256 x 64 = 4 x 4096 KV tokens
+    core = [cal._decode_core_s(g.decode_ctx, 1)[0] for g in (few, many)]
+    layers = d.model.n_layers
+    assert core[1] - core[0] == pytest.approx(layers * 2e-7 * 252, rel=0.05)
+    assert d.cost.out_of_domain["attention"] == 0

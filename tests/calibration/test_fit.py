@@ -147,3 +147,109 @@ def test_fill_holes_interpolates_then_extrapolates() -> None:
 def test_holdout_reports_small_error_on_a_smooth_surface() -> None:
     rep = holdout_errors({"gemm": _gemm_samples()}, fraction=0.2, seed=3)
     assert rep["gemm"]["n"] > 20 and rep["gemm"]["median_abs_pct"] < 3.0
+
+
+# ---------------------------------------------------------------------- decode by sequences
+def _decode_surface(b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Decode time of ``b`` sequences of ``s`` KV tokens: a fixed cost per sequence plus the KV read."""
+    return 4e-6 + b * (2e-7 + 1e-9 * s)
+
+
+def _decode_samples() -> list[dict]:
+    return [row(float(_decode_surface(b, s)), phase="decode", flops_per_pair=64.0, kv_bytes_per_token=32.0,
+                pairs=b * s, kv_tokens=b * s, batch=b) for b in POW2[:9] for s in POW2[2:15] if b * s <= 1 << 20]
+
+
+def test_decode_time_depends_on_sequences_at_equal_kv() -> None:
+    cost = _cost({"attention": _decode_samples()})
+    kw = dict(decode=True, flops_per_pair=64.0, kv_bytes_per_token=32.0)
+    kv = 8192.0
+    few, many = (float(cost.attention_s(pairs=kv, kv_tokens=kv, seqs=n, **kw)) for n in (1, 64))
+    assert few == pytest.approx(float(_decode_surface(1, kv)), rel=0.02)
+    assert many == pytest.approx(float(_decode_surface(64, kv / 64)), rel=0.02)
+    assert many > 2 * few                                      # same KV, 64x the per-sequence work
+    rng = np.random.default_rng(2)
+    for _ in range(100):    # off-grid points both neighbouring rows cover (the measured grid is a triangle)
+        b = float(np.exp(rng.uniform(0, np.log(256))))
+        s = float(np.exp(rng.uniform(np.log(4), np.log(min(16384, (1 << 19) / b)))))
+        got = float(cost.attention_s(pairs=b * s, kv_tokens=b * s, seqs=b, **kw))
+        assert got == pytest.approx(float(_decode_surface(b, s)), rel=0.05)
+    assert cost.out_of_domain["attention"] == 0
+    # a fast-forwarded run: the sequences stay, the KV grows (vectorised over steps)
+    steps = cost.attention_s(pairs=kv + 16 * np.arange(4.0), kv_tokens=kv + 16 * np.arange(4.0), seqs=16, **kw)
+    assert steps.shape == (4,) and np.all(np.diff(steps) > 0)
+    assert float(cost.attention_s(pairs=kv, kv_tokens=kv, **kw)) == pytest.approx(few)   # seqs unknown: one sequence
+
+
+def test_decode_outside_the_measured_sequences_is_counted_and_continuous() -> None:
+    cost = _cost({"attention": _decode_samples()})
+    kw = dict(decode=True, flops_per_pair=64.0, kv_bytes_per_token=32.0)
+    edge = float(cost.attention_s(pairs=256 * 64.0, kv_tokens=256 * 64.0, seqs=256, **kw))
+    assert cost.out_of_domain["attention"] == 0
+    past = float(cost.attention_s(pairs=256.01 * 64.0, kv_tokens=256.01 * 64.0, seqs=256.01, **kw))
+    assert cost.out_of_domain["attention"] == 1 and past == pytest.approx(edge, rel=1e-3)
+    far = float(cost.attention_s(pairs=1024 * 4096.0, kv_tokens=1024 * 4096.0, seqs=1024, **kw))
+    assert cost.out_of_domain["attention"] == 2 and far > edge
+
+
+def test_prefill_index_by_sequences_agrees_on_fresh_prompts() -> None:
+    samples = {"attention": [row(4e-6 + b * s * (s + 1) / 2 * 1e-10 + b * s * 2e-9, phase="prefill",
+                                 flops_per_pair=64.0, kv_bytes_per_token=32.0, pairs=b * s * (s + 1) / 2,
+                                 kv_tokens=b * s, batch=b) for b in (1, 2, 4, 8) for s in POW2[2:11]]}
+    cost = _cost(samples)
+    kw = dict(decode=False, flops_per_pair=64.0, kv_bytes_per_token=32.0)
+    for b, s in [(3, 20), (5, 300), (1, 777)]:
+        p, kv = b * s * (s + 1) / 2, b * s
+        assert float(cost.attention_s(pairs=p, kv_tokens=kv, seqs=b, **kw)) == pytest.approx(
+            float(cost.attention_s(pairs=p, kv_tokens=kv, **kw)), rel=1e-6)
+    # a chunk after a cached prefix: indexed by its one sequence, at the FLOPs of the chunk
+    chunk = float(cost.attention_s(pairs=512 * 3000 + 512 * 513 / 2, kv_tokens=3512, seqs=1, **kw))
+    assert chunk > float(cost.attention_s(pairs=512 * 513 / 2, kv_tokens=512, seqs=1, **kw))
+
+
+def test_decode_tables_fitted_before_sequences_still_answer() -> None:
+    """A profile whose decode rows are one ``u = 1`` row over total KV tokens (the old layout)."""
+    data = fit_profile({"attention": [r for r in _decode_samples() if r["batch"] == 1]}, provenance=provenance(),
+                       settings={})
+    (tab,) = data["fit"]["tables"]["eager"]["attention"]
+    (r,) = tab["rows"]
+    tab["rows"] = [{"u": 1.0, "x": r["kv"], "s": r["s"]}]
+    cost = CalibratedCost(_profile(data), strict=False)
+    kw = dict(decode=True, pairs=1000.0, kv_tokens=1000.0, flops_per_pair=64.0, kv_bytes_per_token=32.0)
+    assert float(cost.attention_s(**kw, seqs=8)) == pytest.approx(float(_decode_surface(1, 1000)), rel=0.02)
+    assert cost.out_of_domain["attention"] == 0
+
+
+# ---------------------------------------------------------------------- host overhead per pass
+def _host_profile(graph: bool) -> dict:
+    gemm = _gemm_samples()
+    if graph:
+        gemm = [{**r, "graph_median_s": 0.8 * r["median_s"]} for r in gemm]
+    host = [row(3e-6, kind="launch"), row(5e-6, kind="per_op")] + ([row(4e-6, kind="graph_launch")] if graph else [])
+    return fit_profile({"gemm": gemm, "host": host}, provenance=provenance(), settings={})
+
+
+def test_host_overhead_is_kernels_times_the_per_kernel_cost_eagerly_and_one_graph_launch() -> None:
+    data = _host_profile(graph=True)
+    assert data["fit"]["host"] == pytest.approx({"per_op_s": 5e-6, "launch_s": 3e-6, "kernel_s": 5e-6,
+                                                 "graph_launch_s": 4e-6})
+    prof = _profile(data)
+    eager = CalibratedCost(prof, strict=False, host_overhead_s=1e-3)
+    assert eager.host_overhead_s == 1e-3                       # kernel count unknown: the framework's time only
+    eager.kernels_per_pass = 120
+    assert eager.host_overhead_s == pytest.approx(1e-3 + 120 * 5e-6)
+    graph = CalibratedCost(prof, strict=False, host_overhead_s=1e-3, mode="graph", kernels_per_pass=120)
+    assert graph.host_overhead_s == pytest.approx(1e-3 + 4e-6)     # one launch, however many kernels
+    assert graph.launch_overhead_s(5000) == graph.launch_overhead_s(1) == pytest.approx(4e-6)
+    eager.host_overhead_s = 0.0                                # the framework part can be set, as before
+    assert eager.host_overhead_s == pytest.approx(120 * 5e-6)
+
+
+def test_host_costs_of_profiles_without_a_host_fit() -> None:
+    data = _host_profile(graph=False)
+    del data["fit"]["host"]                                    # a profile fitted before fit.host existed
+    cost = CalibratedCost(_profile(data), strict=False, kernels_per_pass=10)
+    assert cost.host["graph_launch_s"] == pytest.approx(3e-6) and cost.host_overhead_s == pytest.approx(10 * 5e-6)
+    bare = CalibratedCost(_profile(fit_profile({"gemm": _gemm_samples()}, provenance=provenance(), settings={})),
+                          strict=False, kernels_per_pass=10)
+    assert bare.host["kernel_s"] == bare.launch_s            # nothing measured: the roofline launch latency

@@ -70,9 +70,9 @@ def _staleness_hurt(tau: float) -> float:
 
 
 def test_staleness_hurts_under_fast_drift() -> None:
-    fast, slow = _staleness_hurt(20.0), _staleness_hurt(2000.0)
-    assert fast > 0.05, fast
-    assert fast > 2 * slow, (fast, slow)
+    fast, slow = _staleness_hurt(20.0), _staleness_hurt(20000.0)   # tau = 1 / 1000 re-plan intervals
+    assert fast > 0.04, fast
+    assert fast > 3 * slow, (fast, slow)
 
 
 def test_replans_mirror_the_engine_ema() -> None:
@@ -96,7 +96,7 @@ def _mixtral_instance(kind: str) -> Scenario:
     """The single-node MoETuner scenario cut to 4 MoE layers and a short batch, so the ILP solves fast."""
     sc = load_scenario(BENCH.parent / "scenarios" / "moetuner-mixtral-1node.yaml", [
         f"placement.kind={kind}", "placement.time_limit_s=2", "routing.zipf_s=1.3",
-        "workload.rate_per_s=1000", "workload.duration_s=0.032",
+        "workload.rate_per_s=1000000", "workload.duration_s=0.000032",
         "workload.prompt_tokens={kind: fixed, mean: 256}", "workload.output_tokens={kind: fixed, mean: 16}"])
     tree = sc.model_dump(mode="json")
     tree["model"] = load_model("mixtral-8x7b").model_copy(update={"n_layers": 4}).model_dump(mode="json")

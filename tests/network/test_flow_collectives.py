@@ -1,4 +1,5 @@
-"""Flow-level collectives and fabrics: closed forms, skew, oversubscription, byte accounting."""
+"""Flow-level collectives and fabrics: closed forms, algorithms, protocols, skew, oversubscription,
+byte accounting."""
 
 from __future__ import annotations
 
@@ -168,10 +169,13 @@ def test_vectorised_over_leading_dims_and_cached(node: FlowCollectives) -> None:
     assert node.all_reduce_s((3,), 1e9) == 0.0 and node.p2p_s(2, 2, 1e9) == 0.0
 
 
-def test_ecmp_split_uses_both_rails_and_hash_uses_one(rail_topo: Topology) -> None:
+def test_cross_rail_transfer_takes_the_pxn_proxy_and_one_nic(rail_topo: Topology) -> None:
+    # the rail fabric has no spine: PXN crosses NVLink to the source host's GPU on the destination's
+    # rail, then leaves through that GPU's NIC (topology routing policy); one path, so ECMP split
+    # and hash agree
     split = FlowCollectives(rail_topo, efficiency=1.0, per_message_latency_s=0.0)
     hashed = FlowCollectives(rail_topo, efficiency=1.0, per_message_latency_s=0.0, ecmp="hash")
-    assert split.p2p_s(0, 9, 1e9) == pytest.approx(1e9 / (2 * NIC) + 4e-6)
+    assert split.p2p_s(0, 9, 1e9) == pytest.approx(1e9 / NIC + 4e-6)
     assert hashed.p2p_s(0, 9, 1e9) == pytest.approx(1e9 / NIC + 4e-6)
 
 
@@ -215,3 +219,60 @@ def test_link_bytes_are_conserved_at_every_vertex(pb: np.ndarray, fabric: str) -
     assert net.link_bytes().sum() == pytest.approx(sum(net.edge_bytes().values()))
     net.reset_link_bytes()
     assert not net.link_bytes().any()
+
+
+# --------------------------------------------------------------------------- algorithms, protocols
+@pytest.mark.parametrize("algorithm", ["ring", "tree", "nvls", "auto", "nccl"])
+def test_all_reduce_algorithms_agree_with_the_simple_model_in_one_host(node_topo: Topology, algorithm: str) -> None:
+    # inside one NVSwitch host the flow batches are port-bound, so every closed form holds exactly,
+    # with and without the calibrated protocols (LL / Simple, launch costs, NVLS)
+    g, s = tuple(range(8)), np.array([0.0, 4e3, 1e6, 3e8])
+    for kw in ({"efficiency": EFF, "per_message_latency_s": MSG_S, "nvls": True}, {}):
+        flow = (FlowCollectives(node_topo, **kw) if kw else FlowCollectives.calibrated(node_topo))
+        simple = (SimpleCollectives(node_topo, **kw) if kw else SimpleCollectives.calibrated(node_topo))
+        assert flow.all_reduce_s(g, s, algorithm) == pytest.approx(simple.all_reduce_s(g, s, algorithm), rel=1e-9)
+        assert flow.all_gather_s(g, s) == pytest.approx(simple.all_gather_s(g, s), rel=1e-9)
+
+
+def test_tree_all_reduce_has_2_log2_n_latency_terms(node: FlowCollectives) -> None:
+    for n in (2, 4, 8):
+        assert node.all_reduce_s(tuple(range(n)), 0.0, "tree") == pytest.approx(
+            2 * np.log2(n) * (NODE_LAT_S + MSG_S), rel=1e-9)
+
+
+def test_calibrated_all_to_all_and_p2p_agree_with_the_simple_model(node_topo: Topology) -> None:
+    flow, simple = FlowCollectives.calibrated(node_topo), SimpleCollectives.calibrated(node_topo)
+    g = tuple(range(8))
+    for b in (1e3, 16384.0, 2e4, 1e8):  # LL carries at most 16 KiB per peer
+        pb = np.full((8, 8), b)
+        assert flow.all_to_all_s(g, pb) == pytest.approx(simple.all_to_all_s(g, pb), rel=1e-9)
+    s = np.array([1e3, 1e5, 1e9])
+    assert flow.p2p_s(0, 3, s) == pytest.approx(simple.p2p_s(0, 3, s), rel=1e-9)
+
+
+def test_inter_node_efficiency_scales_only_links_outside_hosts() -> None:
+    tree = fat_tree(16, leaf_radix=8, build_graph=False)
+    coll = FlowCollectives(tree, efficiency=0.5, inter_node_efficiency=1.0, per_message_latency_s=0.0)
+    assert coll.p2p_s(0, 1, 1e9) == pytest.approx(1e9 / (0.5 * B) + 1e-6)
+    assert coll.p2p_s(0, 8, 1e9) == pytest.approx(1e9 / NIC + 2 * 0.75e-6)
+    with pytest.raises(ValueError, match="shared network"):
+        FlowCollectives(tree, network=coll.network, inter_node_efficiency=0.9)
+
+
+def test_transfers_are_one_batch(node: FlowCollectives) -> None:
+    # two KV-cache transfers out of GPU 0 share its NVLink port; a third elsewhere runs alongside
+    t = node.transfers_s([0, 0, 4], [1, 2, 5], [1e9, 1e9, 1e9])
+    assert t == pytest.approx(2e9 / (B * EFF) + NODE_LAT_S + MSG_S, rel=1e-6)
+    assert node.transfers_s([3], [3], [1e9]) == 0.0
+
+
+def test_new_algorithms_keep_leading_dims_in_the_flow_model(node: FlowCollectives) -> None:
+    g = tuple(range(8))
+    for algo in ("ring", "tree", "nvls", "auto", "nccl"):
+        assert node.all_reduce_s(g, np.full((2, 3), 1e6), algo).shape == (2, 3)
+        assert isinstance(node.all_reduce_s(g, 1e6, algo), float)
+    pb = np.random.default_rng(2).uniform(0, 1e6, size=(2, 3, 8, 8))
+    for algo in ("direct", "hierarchical", "low_latency"):
+        out = node.all_to_all_s(g, pb, algo)
+        assert out.shape == (2, 3) and out[0, 1] == pytest.approx(node.all_to_all_s(g, pb[0, 1], algo))
+    assert node.all_to_all_s(g, pb, "hierarchical", node_bytes=np.ones((2, 3, 8, 1))).shape == (2, 3)

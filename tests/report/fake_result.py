@@ -85,7 +85,8 @@ def _batch_hist(rng: np.random.Generator, *, replicas: int) -> pd.DataFrame:
 
 def _moe_loads(rng: np.random.Generator, *, replicas: int, layers: int, experts: int,
                ranks: int) -> tuple[list[np.ndarray], list[np.ndarray], pd.DataFrame]:
-    """Skewed expert loads, their contiguous-rank sums, and a per-replica imbalance table."""
+    """Skewed expert loads, their contiguous-rank sums, and a per-replica imbalance table
+    (routed = of the contiguous layout; after balancing a bit lower, as a balancer would get)."""
     expert_load, rank_load, rows = [], [], []
     for r in range(replicas):
         pairs = int(rng.integers(200_000, 400_000))
@@ -95,9 +96,98 @@ def _moe_loads(rng: np.random.Generator, *, replicas: int, layers: int, experts:
         ratio = per_rank.max(axis=1) / per_rank.mean(axis=1)
         expert_load.append(load)
         rank_load.append(per_rank)
-        rows.append((r, float(ratio.mean()) * 1.1, float(ratio.max()) * 1.3))
-    table = pd.DataFrame(rows, columns=["replica", "imbalance_mean", "imbalance_p99"])
+        routed = float(ratio.mean())
+        rows.append((r, 1.0 + 0.4 * (routed - 1.0), float(ratio.max()) * 1.3, routed))
+    table = pd.DataFrame(rows, columns=["replica", "imbalance_mean", "imbalance_p99",
+                                        "imbalance_routed_mean"])
     return expert_load, rank_load, table
+
+
+def _placements(expert_load: list[np.ndarray], *, ranks: int,
+                redundant: int) -> list[np.ndarray]:
+    """EPLB-like ``[layers, experts + redundant]`` slot maps per replica: copies of the hottest
+    ``redundant - 1`` experts of each layer plus one empty slot (-1), spread over the ranks."""
+    out = []
+    for load in expert_load:
+        layers, experts = load.shape
+        slots = experts + redundant
+        assert slots % ranks == 0, "experts + redundant must divide over the ranks"
+        rows = []
+        for layer in range(layers):
+            hot = np.argsort(-load[layer], kind="stable")[:max(redundant - 1, 0)]
+            logical = np.concatenate((np.arange(experts), hot, [-1] * min(redundant, 1)))
+            # deal the load-sorted items round-robin over ranks, so copies land on other ranks
+            order = np.argsort(-np.where(logical >= 0, load[layer][logical], -1), kind="stable")
+            grid = logical[order].reshape(slots // ranks, ranks).T
+            rows.append(grid.reshape(-1))
+        out.append(np.stack(rows).astype(np.int64))
+    return out
+
+
+def _rank_timeseries(rng: np.random.Generator, *, replicas: int, ranks: int, sim_time_s: float,
+                     bin_s: float, replan_s: float) -> pd.DataFrame:
+    """(token, slot) pairs per (bin, replica, rank): skewed until the first re-plan, then even."""
+    t = np.arange(0.0, sim_time_s, bin_s)
+    frames = []
+    for r in range(replicas):
+        weights = np.where((t < replan_s)[:, None], np.linspace(1.5, 0.6, ranks)[None, :], 1.0)
+        tokens = rng.poisson(4000 * weights * (1.2 + np.sin(t / 7 + r))[:, None])
+        frames.append(pd.DataFrame({"t_s": np.repeat(t, ranks), "replica": r,
+                                    "rank": np.tile(np.arange(ranks), t.size),
+                                    "tokens": tokens.ravel().astype(np.int64)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _migrations(rng: np.random.Generator, *, replicas: int, sim_time_s: float,
+                replan_s: float) -> pd.DataFrame:
+    """One placement change per re-plan per replica (replicas a few ms apart)."""
+    times = np.arange(replan_s, sim_time_s, replan_s)
+    rows = []
+    for r in range(replicas):
+        for t in times:
+            nbytes = float(rng.uniform(1e9, 6e9))
+            rows.append((r, float(t + rng.uniform(0, 0.005)), nbytes, nbytes / 400e9))
+    return pd.DataFrame(rows, columns=["replica", "time_s", "bytes", "pause_s"])
+
+
+def _oom(rng: np.random.Generator, *, replicas: int, oom_passes: int,
+         sim_time_s: float) -> pd.DataFrame:
+    """Per replica OOM passes (all on replica 0), first OOM time (None without) and peak bytes."""
+    rows = []
+    for r in range(replicas):
+        n = oom_passes if r == 0 else 0
+        first = float(rng.uniform(0.1, 0.5) * sim_time_s) if n else None
+        rows.append((r, n, first, float(rng.uniform(2e9, 9e9))))
+    return pd.DataFrame(rows, columns=["replica", "oom_passes", "first_oom_s",
+                                       "peak_moe_activation_bytes"])
+
+
+def _moe_summary(imbalance: pd.DataFrame, migrations: pd.DataFrame, oom: pd.DataFrame,
+                 *, dropped: int) -> dict[str, Any]:
+    """The MoE summary keys the engine adds (``moe_summary.moe_outcome``)."""
+    return {
+        "expert_imbalance_mean": float(imbalance["imbalance_mean"].mean()),
+        "expert_imbalance_placed_mean": float(imbalance["imbalance_routed_mean"].mean()),
+        "tokens_dropped": dropped,
+        "expert_weight_bytes_moved": float(migrations["bytes"].sum()) if len(migrations) else 0.0,
+        "moe_comm_fraction": 0.183,
+        "replans": len(migrations),
+        "migration_pause_s": float(migrations["pause_s"].sum()) if len(migrations) else 0.0,
+        "oom_passes": int(oom["oom_passes"].sum()),
+        "peak_moe_activation_bytes": float(oom["peak_moe_activation_bytes"].max()),
+    }
+
+
+def _calibration_summary(summary: dict[str, Any], spread: float = 0.04) -> dict[str, Any]:
+    """Keys a run with ``hardware.calibration`` adds: query counts and ± bands."""
+    out: dict[str, Any] = {
+        "calibration_queries": 48_213, "calibration_out_of_domain": 17,
+        "calibration_out_of_domain_gemm": 12, "calibration_out_of_domain_attention": 5,
+        "calibration_spread_rel": spread,
+    }
+    for key in ("ttft_p50_s", "tpot_p50_s", "e2e_p50_s", "output_tokens_per_s"):
+        out[f"{key}_pm"] = abs(float(summary[key])) * spread
+    return out
 
 
 def _summary(req: pd.DataFrame, ts: pd.DataFrame, *, replicas: int, gpus_per_replica: int,
@@ -134,8 +224,16 @@ def _summary(req: pd.DataFrame, ts: pd.DataFrame, *, replicas: int, gpus_per_rep
 
 def make_result(*, seed: int = 0, replicas: int = 2, n_requests: int = 300, moe: bool = True,
                 sim_time_s: float = 60.0, bin_s: float = 1.0, moe_layers: int = 6,
-                experts: int = 32, ep_ranks: int = 8) -> RunResult:
-    """Build a seeded, internally consistent RunResult; ``moe=False`` gives a dense model."""
+                experts: int = 32, ep_ranks: int = 8, redundant_experts: int = 8,
+                replan_s: float | None = 15.0, oom_passes: int = 0, tokens_dropped: int = 0,
+                calibrated: bool = False) -> RunResult:
+    """Build a seeded, internally consistent RunResult; ``moe=False`` gives a dense model.
+
+    MoE runs get an EPLB-like placement with ``redundant_experts`` extra slots per layer (one of
+    them left empty), re-planned every ``replan_s`` seconds (``None``: static, no migrations),
+    ``oom_passes`` passes over HBM on replica 0 and ``tokens_dropped`` dropped tokens.
+    ``calibrated`` adds the keys of a run with a calibration profile (± bands included).
+    """
     rng = np.random.default_rng(seed)
     req = _requests(rng, n=n_requests, replicas=replicas, sim_time_s=sim_time_s)
     ts = _timeseries(rng, replicas=replicas, sim_time_s=sim_time_s, bin_s=bin_s)
@@ -144,10 +242,23 @@ def make_result(*, seed: int = 0, replicas: int = 2, n_requests: int = 300, moe:
     expert_load: list[np.ndarray] = []
     rank_load: list[np.ndarray] = []
     imbalance = pd.DataFrame()
+    placements: list[np.ndarray] = []
+    migrations = pd.DataFrame()
+    rank_ts = pd.DataFrame()
+    oom = pd.DataFrame()
     if moe:
         expert_load, rank_load, imbalance = _moe_loads(
             rng, replicas=replicas, layers=moe_layers, experts=experts, ranks=ep_ranks)
-        summary["expert_imbalance_mean"] = float(imbalance["imbalance_mean"].mean())
+        placements = _placements(expert_load, ranks=ep_ranks, redundant=redundant_experts)
+        rank_ts = _rank_timeseries(rng, replicas=replicas, ranks=ep_ranks, sim_time_s=sim_time_s,
+                                   bin_s=bin_s, replan_s=replan_s or sim_time_s)
+        migrations = (_migrations(rng, replicas=replicas, sim_time_s=sim_time_s, replan_s=replan_s)
+                      if replan_s else pd.DataFrame(columns=["replica", "time_s", "bytes",
+                                                             "pause_s"]))
+        oom = _oom(rng, replicas=replicas, oom_passes=oom_passes, sim_time_s=sim_time_s)
+        summary |= _moe_summary(imbalance, migrations, oom, dropped=tokens_dropped)
+    if calibrated:
+        summary |= _calibration_summary(summary)
     config = {
         "name": summary["scenario"], "seed": seed,
         "model": {"preset": summary["model"], "moe_layers": moe_layers if moe else 0,
@@ -163,4 +274,6 @@ def make_result(*, seed: int = 0, replicas: int = 2, n_requests: int = 300, moe:
     }
     return RunResult(config=config, provenance=provenance, summary=summary, requests=req,
                      timeseries=ts, batch_hist=_batch_hist(rng, replicas=replicas),
-                     expert_load=expert_load, rank_load=rank_load, imbalance=imbalance)
+                     expert_load=expert_load, rank_load=rank_load, imbalance=imbalance,
+                     placements=placements, migrations=migrations, rank_timeseries=rank_ts,
+                     oom=oom)

@@ -29,8 +29,11 @@ from moesim.report.figures import (
 from moesim.report.html import format_kpi
 
 ALL_FIGURES = ["latency_cdf", "throughput", "queue_depth", "kv_occupancy", "busy_fraction",
-               "batch_size", "expert_load", "rank_load", "imbalance"]
-MOE_ONLY = {"expert_load", "rank_load", "imbalance"}
+               "batch_size", "expert_load", "rank_load", "imbalance", "imbalance_before_after",
+               "placement_map", "rank_load_timeline", "migrations"]
+"""Panels of the default fake MoE run (no OOM, so no ``oom_events``)."""
+MOE_ONLY = {"expert_load", "rank_load", "imbalance", "imbalance_before_after", "placement_map",
+            "rank_load_timeline", "migrations", "oom_events"}
 PLOTLY_JS = plotly.offline.get_plotlyjs()
 
 
@@ -76,6 +79,7 @@ def test_dense_result_skips_moe_panels() -> None:
     assert figure_names(page) == [n for n in ALL_FIGURES if n not in MOE_ONLY]
     assert page.count(PLOTLY_JS[:2000]) == 1
     assert "expert imbalance" not in page
+    assert "MoE health" not in page
 
 
 def test_empty_result_still_renders() -> None:

@@ -23,6 +23,7 @@ from fake_result import make_result
 
 from moesim.report import render_html
 from moesim.report.figures import build_figures
+from moesim.report.moe_figures import MOE_PANELS
 
 _FOUND = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM = _FOUND or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -144,28 +145,41 @@ def test_detector_quiet_on_clean_page(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("moe", [True, False], ids=["moe", "dense"])
 def test_report_renders_in_browser(moe: bool, tmp_path: Path) -> None:
-    """Every figure div holds a drawn plotly plot and the page logs no errors."""
-    result = make_result(seed=3, moe=moe)
+    """Every figure div holds a drawn plotly plot and the page logs no errors.
+
+    The MoE result has every MoE record (re-plans, OOM passes, calibration bands), so every
+    panel of ``all_panels`` is drawn.
+    """
+    result = make_result(seed=3, moe=moe, oom_passes=4 if moe else 0, calibrated=True)
     page = tmp_path / "report.html"
     page.write_text(instrument(render_html(result)), encoding="utf-8")
     dom, stderr = run_chromium(page, tmp_path)
     assert console_errors(stderr) == []
     found = rendered_figures(dom)
     assert list(found) == list(build_figures(result))
+    assert ({name for name, _ in MOE_PANELS} <= set(found)) == moe
     missing = {name: classes for name, classes in found.items()
                if classes != {"plot-container", "main-svg"}}
     assert not missing, f"figures not rendered: {missing}"
 
 
-@pytest.mark.parametrize("model", ["olmoe-1b-7b", "llama-3-70b"])
-def test_report_of_a_real_run_renders_in_browser(model: str, tmp_path: Path) -> None:
+REAL_RUNS = {
+    "olmoe-1b-7b": ["model=olmoe-1b-7b"],
+    "llama-3-70b": ["model=llama-3-70b", "deployment.replicas=1", "deployment.gpus_per_replica=8",
+                    "deployment.attention_tp=8", "deployment.ep=8"],
+    # EPLB replicas, re-planned every 2 s so that migrations are recorded
+    "olmoe-eplb-replan": ["model=olmoe-1b-7b", "placement.kind=eplb",
+                          "placement.redundant_experts=8", "placement.replan_interval_s=2",
+                          "placement.plan_from=uniform"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(REAL_RUNS))
+def test_report_of_a_real_run_renders_in_browser(case: str, tmp_path: Path) -> None:
     """End to end: `moesim run` output opened in Chromium (MoE and dense models)."""
     from moesim.cli import main
 
-    sets = ["workload.duration_s=8", f"model={model}"]
-    if model == "llama-3-70b":
-        sets += ["deployment.replicas=1", "deployment.gpus_per_replica=8", "deployment.attention_tp=8",
-                 "deployment.ep=8"]
+    sets = ["workload.duration_s=8", *REAL_RUNS[case]]
     args = ["run", "default", "-o", str(tmp_path / "out"), "-q"]
     for s in sets:
         args += ["--set", s]
@@ -177,5 +191,8 @@ def test_report_of_a_real_run_renders_in_browser(model: str, tmp_path: Path) -> 
     assert console_errors(stderr) == []
     found = rendered_figures(dom)
     assert {"latency_cdf", "throughput", "kv_occupancy", "batch_size"} <= set(found)
-    assert ("expert_load" in found) == (model == "olmoe-1b-7b")
+    moe = case.startswith("olmoe")
+    assert ("expert_load" in found) == moe
+    assert ({"imbalance_before_after", "placement_map", "rank_load_timeline"} <= set(found)) == moe
+    assert ("migrations" in found) == (case == "olmoe-eplb-replan")
     assert all(c == {"plot-container", "main-svg"} for c in found.values()), found

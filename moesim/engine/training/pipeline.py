@@ -42,35 +42,36 @@ def simulate(plan: PipelinePlan, dur: Sequence[float], p2p: Sequence[float]) -> 
     """Discrete-event run of one step (module doc). ``dur``, ``p2p``: per op id, seconds."""
     env = simpy.Environment()
     n = plan.n_ops
-    done: list[simpy.Event | None] = [None] * n
+    finished = [False] * n
+    waiting: dict[int, simpy.Event] = {}     # events only for dependencies someone waits on
     start, end = [0.0] * n, [0.0] * n
     counter = [0]
+    timeout = env.timeout
 
     def stage(ops: tuple[tuple[int, int, bool], ...]):  # noqa: ANN202 - SimPy process generator
         for me, dep, cross in ops:
             ready = 0.0
             if dep >= 0:
-                ev = done[dep]
-                if ev is None:
-                    ev = done[dep] = env.event()
-                if not ev.triggered:
+                if not finished[dep]:
+                    ev = waiting[dep] = env.event()
                     counter[0] += 1
                     yield ev
                 ready = end[dep] + p2p[me] if cross else end[dep]
-            t0 = ready if ready > env.now else env.now
+            now = env.now
+            t0 = ready if ready > now else now
             t1 = t0 + dur[me]
             start[me], end[me] = t0, t1
             counter[0] += 1
-            yield env.timeout(t1 - env.now)
-            ev = done[me]
-            if ev is None:
-                ev = done[me] = env.event()
-            ev.succeed()
+            yield timeout(t1 - now)
+            finished[me] = True
+            ev = waiting.pop(me, None)
+            if ev is not None:
+                ev.succeed()
 
     for ops in plan.device_ops:
         env.process(stage(ops))
     env.run()
-    if any(e is None or not e.triggered for e in done):
+    if not all(finished):
         raise RuntimeError(f"pipeline schedule {plan.kind!r} deadlocked")  # a schedule bug, not user input
     return _result(plan, start, end, counter[0])
 

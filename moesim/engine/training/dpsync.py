@@ -1,0 +1,104 @@
+"""Data-parallel gradient synchronisation overlapped with backward, the optimizer step, ZeRO gathers.
+
+Gradients are reduced in buckets of ``optimizer.bucket_params`` parameters, dense parameters over
+the ``dp x cp`` group, expert parameters over the ``expert_dp`` group: all-reduce without ZeRO,
+reduce-scatter with ZeRO-1/2. A chunk's gradients are complete only during the backward of the
+*last* micro-batch through it; its buckets become ready evenly through that op (layer by layer,
+in backward order) and start at once when ``overlap_grad_reduce`` is on, otherwise all wait for
+the stage's last op. Each stage has one communication stream: buckets run one at a time, in the
+order they become ready. The step ends when every stage's compute and gradient reduction are
+done; then every GPU updates its shard of the optimizer state (a streaming kernel over master
+weights, moments, gradients and parameters) and, with ZeRO, the updated parameters are
+all-gathered (exposed unless ``overlap_param_gather`` hides them behind the next forward).
+
+The DP traffic does not contend with EP / PP traffic here (the simple network model has no link
+sharing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moesim.config.schema import DTYPE_BYTES
+from moesim.config.training import TrainingCfg
+from moesim.engine.training.memory import ParamSplit
+from moesim.engine.training.mesh import Mesh
+from moesim.engine.training.pipeline import PipelineRun
+from moesim.engine.training.schedule import PipelinePlan
+from moesim.hardware.cost import CostModel
+from moesim.network.collectives import CollectiveCost
+
+__all__ = ["GradSync"]
+
+
+class GradSync:
+    """Bucketed gradient reduction, optimizer step and parameter gather of the simulated pipeline."""
+
+    def __init__(self, *, params: ParamSplit, mesh: Mesh, plan: PipelinePlan, cfg: TrainingCfg, cost: CostModel,
+                 coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]]) -> None:
+        opt = cfg.optimizer
+        self.plan, self.overlap = plan, opt.overlap_grad_reduce
+        grad_b, param_b = DTYPE_BYTES[opt.grad_dtype], DTYPE_BYTES[opt.param_dtype]
+        reduce = coll.all_reduce_s if opt.zero == 0 else coll.reduce_scatter_s
+        self.buckets: list[tuple[np.ndarray, np.ndarray]] = []      # per chunk: (fraction ready, seconds)
+        for c in range(plan.chunks):
+            s = c % mesh.pp
+            fr, secs = [], []
+            for n_params, group in ((params.dense[c], dp_groups[s]), (params.expert[c], edp_groups[s])):
+                if n_params <= 0 or len(group) < 2:
+                    continue
+                n = max(1, math.ceil(n_params / opt.bucket_params))
+                t = float(reduce(group, n_params / n * grad_b))
+                fr.extend((k + 1) / n for k in range(n))
+                secs.extend([t] * n)
+            order = np.argsort(fr, kind="stable")
+            self.buckets.append((np.asarray(fr)[order], np.asarray(secs)[order]))
+        self.reduce_total = np.array([b[1].sum() for b in self.buckets])
+        stage = np.arange(plan.chunks) % mesh.pp
+        dense = np.bincount(stage, weights=params.dense, minlength=mesh.pp)
+        expert = np.bincount(stage, weights=params.expert, minlength=mesh.pp)
+        shard_d = mesh.dp * mesh.cp if opt.zero >= 1 else 1
+        shard_e = mesh.edp if opt.zero >= 1 else 1
+        touched = grad_b + param_b + (8.0 if opt.master_weights else 0.0) + 4.0 * DTYPE_BYTES[opt.state_dtype]
+        self.optimizer_s = np.asarray(cost.memory_s((dense / shard_d + expert / shard_e) * touched), dtype=np.float64)
+        gather = np.zeros(mesh.pp)
+        if opt.zero >= 1:
+            for s in range(mesh.pp):
+                if len(dp_groups[s]) > 1:
+                    gather[s] += float(coll.all_gather_s(dp_groups[s], dense[s] * param_b))
+                if len(edp_groups[s]) > 1:
+                    gather[s] += float(coll.all_gather_s(edp_groups[s], expert[s] * param_b))
+        self.gather_s = gather
+        self.gather_exposed = not opt.overlap_param_gather
+
+    def sync_end(self, run: PipelineRun) -> np.ndarray:
+        """``[pp]`` when each stage's last gradient bucket is reduced (seconds from step start)."""
+        plan = self.plan
+        m = plan.micro_batches
+        out = np.array(run.stage_end, dtype=np.float64)
+        for s in range(plan.pp):
+            ready, secs = [], []
+            for c in range(s, plan.chunks, plan.pp):
+                fr, t = self.buckets[c]
+                if not fr.size:
+                    continue
+                op = plan.op_id(1, m - 1, c)
+                begin, end = run.start[op], run.end[op]
+                ready.append(begin + fr * (end - begin) if self.overlap else np.full(fr.size, run.stage_end[s]))
+                secs.append(t)
+            if not ready:
+                continue
+            r, d = np.concatenate(ready), np.concatenate(secs)
+            order = np.argsort(r, kind="stable")
+            t = 0.0
+            for ri, di in zip(r[order].tolist(), d[order].tolist()):
+                t = (ri if ri > t else t) + di
+            out[s] = max(out[s], t)
+        return out
+
+    def post_step_s(self) -> tuple[float, float]:
+        """(optimizer seconds, exposed parameter all-gather seconds): the slowest stage's."""
+        gather = float(self.gather_s.max()) if self.gather_exposed else 0.0
+        return float(self.optimizer_s.max()), gather

@@ -1,0 +1,185 @@
+"""One training step: assemble op durations, run the pipeline DES, sync gradients, split the time.
+
+Op duration = compute + imbalance + TP/CP + exposed EP all-to-all + gate overhead (+ recompute in
+backward) + straggler slow-down. The step's time is then split into causes by counterfactual
+replays of the same schedule (``pipeline.replay``), applied in this order, so the parts add up
+exactly to the step time:
+
+* ``straggler_wait`` = step makespan - makespan without straggler slow-downs;
+* ``imbalance_wait`` = that - makespan also with perfectly balanced experts and data;
+* ``pp_comm`` = that - makespan also with free point-to-point transfers;
+* what remains is the ideal pipeline; on its bottleneck stage (the most busy time) it splits into
+  the busy components (compute, recompute, tp_comm, ep_comm, gate) and ``bubble`` (that stage's
+  idle time: the schedule's fill and drain plus waiting for slower stages);
+* after the last op: ``dp_exposed`` (gradient reduction not hidden by backward), ``optimizer``,
+  ``param_gather`` (ZeRO all-gather, when exposed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moesim.engine.training.opcost import DenseCosts
+from moesim.engine.training.pipeline import PipelineRun, replay, simulate
+from moesim.engine.training.setup import TrainingSetup
+from moesim.policies.gate import GateOverhead
+from moesim.workload.training_data import BatchLayout, training_batch
+
+__all__ = ["BREAKDOWN", "StepLoop", "StepOutcome"]
+
+BREAKDOWN = ("compute", "recompute", "tp_comm", "ep_comm", "gate", "bubble", "pp_comm", "imbalance_wait",
+             "straggler_wait", "dp_exposed", "optimizer", "param_gather")
+"""Step-time components, in report order; they sum to the step time."""
+_BUSY = ("compute", "recompute", "tp_comm", "ep_comm", "gate")
+
+
+@dataclass
+class StepOutcome:
+    """One simulated step: its time, the breakdown, routing statistics and (maybe) its timeline."""
+
+    step_s: float
+    makespan_s: float
+    breakdown: dict[str, float]
+    stats: dict[str, float]
+    events: int
+    timeline: list[dict[str, Any]] | None = None
+    expert_load: np.ndarray | None = None
+    rank_load: np.ndarray | None = None
+    max_rank_slots: np.ndarray | None = None
+    stage_end: list[float] = field(default_factory=list)
+
+
+class StepLoop:
+    """Runs the steps of a ``TrainingSetup`` one after another (module doc)."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.s = setup
+        mesh, plan = setup.mesh, setup.plan
+        self.m, self.c = mesh.micro_batches, setup.layout.chunks
+        self.stage_of_chunk = np.arange(self.c) % mesh.pp
+        self.p2p = np.concatenate([np.tile(setup.p2p_f, self.m), np.tile(setup.p2p_b, self.m)]).tolist()
+        self.has_p2p = bool(np.any(setup.p2p_f) or np.any(setup.p2p_b))
+        self.zero_p2p = [0.0] * plan.n_ops
+        self.data_rng = setup.streams.get("data")
+        self.routing_rng = setup.streams.get("routing-steps")
+        self._fixed: BatchLayout | None = None
+        self._dense_cache: dict[tuple[float, float], DenseCosts] = {}
+        self._replays: dict[tuple[bytes, bool], PipelineRun] = {}
+
+    # ------------------------------------------------------------------ inputs of a step
+    def _batch(self) -> BatchLayout:
+        data = self.s.cfg.data
+        if data.documents is None:
+            if self._fixed is None:
+                self._fixed = training_batch(data, ranks=self.s.mesh.bundle_ranks, micro_batches=self.m,
+                                             rng=self.data_rng)
+            return self._fixed
+        return training_batch(data, ranks=self.s.mesh.bundle_ranks, micro_batches=self.m, rng=self.data_rng)
+
+    def _dense(self, batch: BatchLayout, overhead: GateOverhead) -> DenseCosts:
+        key = (overhead.router_bytes_per_token, overhead.allreduce_bytes)
+        if batch is self._fixed and key in self._dense_cache:
+            return self._dense_cache[key]
+        out = self.s.dense.costs(batch.tokens, batch.pairs, gate_bytes_per_token=key[0], gate_allreduce_bytes=key[1])
+        if batch is self._fixed:
+            self._dense_cache[key] = out
+        return out
+
+    def _components(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, float], Any]:
+        """``{name: [2, m, C]}`` (forward, backward) op components of step ``step`` and its routing stats."""
+        s = self.s
+        batch = self._batch()
+        moe = None
+        stats: dict[str, float] = {"documents": float(batch.documents)}
+        if s.moe is not None:
+            scale = None
+            if s.cfg.data.documents is not None and not s.cfg.data.packing:
+                scale = batch.tokens.mean(axis=0) / s.micro_batch_tokens
+            moe = s.moe.step(step, micro_batches=self.m, rng=self.routing_rng, token_scale=scale)
+            stats.update(maxvio_global=moe.maxvio_global, maxvio_micro=moe.maxvio_micro,
+                         rank_imbalance=moe.rank_imbalance, dropped_fraction=moe.dropped_fraction, **moe.routing.notes)
+        d = self._dense(batch, moe.routing.overhead if moe is not None else GateOverhead())
+        z = np.zeros((self.m, self.c))
+        comp = {
+            "compute": (d.compute_f + (moe.gemm_f if moe else z), d.compute_b + (moe.gemm_b if moe else z)),
+            "imbalance": (d.imbalance_f + (moe.imbalance_f if moe else z), d.imbalance_b + (moe.imbalance_b if moe else z)),
+            "tp_comm": (d.tp_f, d.tp_b),
+            "ep_comm": (moe.ep_f if moe else z, moe.ep_b if moe else z),
+            "gate": (d.gate_f, d.gate_b),
+            "recompute": (z, d.recompute + (moe.recompute if moe else z)),
+        }
+        fac_f, fac_b = s.stragglers.factors(self.m, self.stage_of_chunk)
+        slow = {}
+        for i, fac in enumerate((fac_f, fac_b)):
+            base = comp["compute"][i] + comp["imbalance"][i] + comp["gate"][i] + comp["recompute"][i]
+            slow[i] = np.maximum(fac - 1.0, 0.0) * base
+        comp["straggler"] = (slow[0], slow[1])
+        stacked = {k: np.stack([np.broadcast_to(v[0], (self.m, self.c)), np.broadcast_to(v[1], (self.m, self.c))])
+                   for k, v in comp.items()}
+        return stacked, stats, moe
+
+    # ------------------------------------------------------------------ one step
+    def step(self, step: int, *, record_timeline: bool = False) -> StepOutcome:
+        """Simulate step ``step`` (module doc)."""
+        s = self.s
+        comp, stats, moe = self._components(step)
+        ideal = sum(v for k, v in comp.items() if k not in ("imbalance", "straggler"))
+        no_strag = ideal + comp["imbalance"]
+        total = no_strag + comp["straggler"]
+        run = simulate(s.plan, total.ravel().tolist(), self.p2p)
+        run_b = replay(s.plan, no_strag.ravel().tolist(), self.p2p) if comp["straggler"].any() else run
+        run_c = self._replay(ideal, p2p=True) if comp["imbalance"].any() else run_b
+        run_c0 = self._replay(ideal, p2p=False) if self.has_p2p else run_c
+        busy_per_stage = np.bincount(self.stage_of_chunk, weights=ideal.sum(axis=(0, 1)), minlength=s.mesh.pp)
+        stage = int(np.argmax(busy_per_stage))                 # the bottleneck stage of the ideal pipeline
+        on = self.stage_of_chunk == stage
+        busy = {k: float(comp[k][:, :, on].sum()) for k in _BUSY}
+        sync_end = s.sync.sync_end(run)
+        opt_s, gather_s = s.sync.post_step_s()
+        end = float(max(np.max(run.stage_end), np.max(sync_end)))
+        breakdown = dict(busy)
+        breakdown.update(
+            bubble=max(run_c0.makespan - float(ideal[:, :, on].sum()), 0.0), pp_comm=run_c.makespan - run_c0.makespan,
+            imbalance_wait=run_b.makespan - run_c.makespan, straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan,
+            optimizer=opt_s, param_gather=gather_s)
+        step_s = end + opt_s + gather_s
+        timeline = self._timeline(run, sync_end, opt_s, gather_s) if record_timeline else None
+        return StepOutcome(step_s=step_s, makespan_s=run.makespan, breakdown=breakdown, stats=stats,
+                           events=run.events, timeline=timeline,
+                           expert_load=moe.expert_load if moe is not None else None,
+                           rank_load=moe.rank_load if moe is not None else None,
+                           max_rank_slots=moe.max_rank_slots if moe is not None else None,
+                           stage_end=list(run.stage_end))
+
+    def _replay(self, dur: np.ndarray, *, p2p: bool) -> PipelineRun:
+        """``replay`` of durations ``[2, m, C]``, cached (the ideal pipeline rarely changes between steps)."""
+        key = (np.ascontiguousarray(dur).tobytes(), p2p)
+        hit = self._replays.get(key)
+        if hit is None:
+            if len(self._replays) > 32:
+                self._replays.clear()
+            hit = self._replays[key] = replay(self.s.plan, dur.ravel().tolist(), self.p2p if p2p else self.zero_p2p)
+        return hit
+
+    def runtime_memory(self, moe_slots: np.ndarray) -> float:
+        """Peak bytes per GPU over the stages with the hottest rank's routed load ``[L]``."""
+        t = self.s.memory.table(self.s.micro_batch_tokens, moe_slots)
+        return float(t["total"].max())
+
+    def _timeline(self, run: PipelineRun, sync_end: np.ndarray, opt_s: float, gather_s: float) -> list[dict[str, Any]]:
+        """Rows of every op, each stage's exposed gradient sync and the optimizer phase."""
+        plan = self.s.plan
+        rows = [{"stage": plan.op_stage[i], "chunk": plan.op_chunk[i], "micro_batch": plan.op_mb[i],
+                 "kind": "forward" if plan.op_kind[i] == 0 else "backward", "start_s": run.start[i],
+                 "end_s": run.end[i]} for i in range(plan.n_ops)]
+        end = float(max(np.max(run.stage_end), np.max(sync_end)))
+        for st in range(plan.pp):
+            if sync_end[st] > run.stage_end[st]:
+                rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "dp_sync",
+                             "start_s": run.stage_end[st], "end_s": float(sync_end[st])})
+            rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "optimizer", "start_s": end,
+                         "end_s": end + opt_s + gather_s})
+        return rows

@@ -1,0 +1,53 @@
+"""Small training scenarios for the training-simulator tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from moesim.config.schema import Scenario
+
+TINY_DENSE = {
+    "name": "tiny-dense", "n_layers": 8, "hidden_size": 1024, "vocab_size": 32000, "dense_intermediate": 4096,
+    "attention": {"kind": "gqa", "n_heads": 8, "n_kv_heads": 8, "head_dim": 128},
+}
+"""A small dense transformer whose 8 layers split evenly over 2, 4 or 8 stages."""
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (``extra`` wins)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def moe_scenario(**training: Any) -> Scenario:
+    """OLMoE-1B-7B (64 experts, top-8) on one 8 x H100 host: PP2 x EP4 x DP4 by default."""
+    tree = {
+        "name": "t-moe", "seed": 0, "model": "olmoe-1b-7b",
+        "hardware": {"gpu": "h100-sxm", "topology": "h100-8gpu-node"},
+        "routing": {"kind": "zipf", "zipf_s": 1.0},
+        "training": merge({"parallel": {"pp": 2, "ep": 4},
+                           "data": {"seq_len": 2048, "global_batch_seqs": 32, "micro_batch_seqs": 1},
+                           "steps": 3}, training),
+    }
+    return Scenario.model_validate(tree)
+
+
+def dense_scenario(**training: Any) -> Scenario:
+    """The tiny dense model on one 8 x H100 host."""
+    tree = {
+        "name": "t-dense", "seed": 0, "model": TINY_DENSE,
+        "hardware": {"gpu": "h100-sxm", "topology": "h100-8gpu-node"},
+        "training": merge({"parallel": {"pp": 2},
+                           "data": {"seq_len": 2048, "global_batch_seqs": 32, "micro_batch_seqs": 1},
+                           "steps": 2}, training),
+    }
+    return Scenario.model_validate(tree)
+
+
+@pytest.fixture
+def moe() -> Scenario:
+    return moe_scenario()
