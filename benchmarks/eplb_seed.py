@@ -26,8 +26,8 @@ workload (Poisson) and a prefill-heavy one (a queue of long prompts keeps every 
 8,192-token budget). Migration pauses (weights copied at each re-plan) count in TPOT and
 throughput but not in the mean pass time.
 
-    python benchmarks/eplb_seed.py             # policy-level table (about 1-2 min on one core)
-    python benchmarks/eplb_seed.py --engine    # + the engine table (about 1-2 min more)
+    python benchmarks/eplb_seed.py             # policy-level table (~2 min on one core; ~5 min on a busy box)
+    python benchmarks/eplb_seed.py --engine    # + the engine table (~1.5-2 min more)
     python benchmarks/eplb_seed.py --quick     # 8 layers, fewer passes (seconds)
 """
 
@@ -224,9 +224,11 @@ def engine_table(duration_s: float, network: str | None = None) -> None:
     from moesim.engine.run import run
     tau = 80.0
     net = f"network model {network}" if network else "default network model"
-    print(f"\nEngine: DeepSeek-V3 fp8, 32 x H100 (h100-4node-rail, {net}), attention TP8 x DP4, EP32, drift tau {tau:g} "
+    print(f"\nEngine: DeepSeek-V3 fp8, 32 x H100 (h100-4node-rail, {net}), attention TP8 x DP4, EP32, "
+          f"drift tau {tau:g} "
           f"passes sigma {SIGMA}, EPLB global, re-plan every 2 s from an EMA ({EMA_DECAY}) of observed loads\n")
-    print("| workload | placement | GPU imbalance (per pass) | mean pass ms | TPOT mean ms | input tok/s | output tok/s | "
+    print("| workload | placement | GPU imbalance (per pass) | mean pass ms | TPOT mean ms | input tok/s | "
+          "output tok/s | "
           "re-plans | migration pause s | weights moved TB | wall s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for workload in WORKLOADS:
@@ -258,7 +260,8 @@ def main() -> None:
         rows, _ = policy_table(n_layers=n_layers, passes=passes, seed=args.seed)
         print(f"Policy level: {n_layers} layers x E={E}, top-{K}, {TOKENS} tokens/pass, {passes} passes; "
               f"Zipf({ZIPF_S}) popularity, drift sigma {SIGMA}; tau slow / medium / fast "
-              f"{TAU['slow']} / {TAU['medium']} / {TAU['fast']} passes; re-plan every {INTERVAL} passes (EMA {EMA_DECAY}), stale = in force {DELAY} passes late. "
+              f"{TAU['slow']} / {TAU['medium']} / {TAU['fast']} passes; re-plan every {INTERVAL} passes "
+              f"(EMA {EMA_DECAY}), stale = in force {DELAY} passes late. "
               f"Cells: mean GPU max/mean load ({time.perf_counter() - t0:.0f} s)\n")
         print_policy_table(rows)
     if args.engine or args.engine_only:

@@ -33,8 +33,9 @@ def main() -> None:
     ap.add_argument("--trace", default=str(TRACE))
     ap.add_argument("--no-fast-forward", action="store_true", help="step every decode pass (slow reference)")
     ap.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
+    ap.add_argument("--network", choices=["flow", "simple"], default="flow", help="network model (default flow)")
     args = ap.parse_args()
-    sets = [f"workload.path={args.trace}"]
+    sets = [f"workload.path={args.trace}", f"hardware.network.model={args.network}"]
     if args.no_fast_forward:
         sets.append("engine.fast_forward=false")
     scenario = load_scenario(REPO / "scenarios" / "mixtral-azure.yaml", sets)
@@ -49,7 +50,7 @@ def main() -> None:
     s = result.summary
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"numpy {np.__version__}, fast_forward={not args.no_fast_forward}")
+          f"numpy {np.__version__}, fast_forward={not args.no_fast_forward}, network={args.network}")
     print(f"requests {s['requests_arrived']:,}  finished {s['requests_finished']:,}  "
           f"simulated {s['sim_time_s']:,.1f} s")
     print(f"wall {wall:.2f} s | sim s per wall s {s['sim_time_s'] / wall:,.0f} | forward passes "

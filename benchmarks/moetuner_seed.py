@@ -27,8 +27,9 @@ per rank via ``redundant_experts: 4`` but no replicas: the ILP's replica budget 
 with 4 replicas of hot experts (``redundant_experts: 4``, beyond MoETuner); the ILP's placement
 re-mapped by the stage-2 local search above and run in the engine; ILP at rho = 0 (no cross-layer
 correlation). Both network models run (``hardware.network.model``: ``simple`` closed forms on pair
-bottlenecks, ``flow`` link loads on the topology's real paths). The variants reach the ILP through two benchmark-only wrappers around
-``moesim.engine.moe_setup`` (a placement cache and the two overrides); the engine is unchanged.
+bottlenecks, ``flow`` link loads on the topology's real paths). The variants reach the ILP through
+benchmark-only wrappers around ``moesim.engine.moe_setup`` (a placement cache, the overrides and an
+injected placement); the engine is unchanged.
 
     python benchmarks/moetuner_seed.py            # both tables, simple and flow network (~6 min, one core)
     python benchmarks/moetuner_seed.py --quick    # Zipf 1.3 only, ILP vs contiguous
@@ -66,8 +67,10 @@ SETTINGS = {  # label: (scenario file, paper's end-to-end gain)
     "2 nodes, 16xH200, 4EPx4TP": (ROOT / "scenarios" / "moetuner-mixtral-2node.yaml", 0.175),
 }
 _AT_ONCE = ["workload.kind=poisson", "workload.rate_per_s=1000000", "workload.duration_s=0.000256"]
-PREFILL = _AT_ONCE + ["workload.prompt_tokens={kind: fixed, mean: 1024}", "workload.output_tokens={kind: fixed, mean: 1}"]
-SERVING = _AT_ONCE + ["workload.prompt_tokens={kind: fixed, mean: 512}", "workload.output_tokens={kind: fixed, mean: 128}"]
+PREFILL = _AT_ONCE + ["workload.prompt_tokens={kind: fixed, mean: 1024}",
+                      "workload.output_tokens={kind: fixed, mean: 1}"]
+SERVING = _AT_ONCE + ["workload.prompt_tokens={kind: fixed, mean: 512}",
+                      "workload.output_tokens={kind: fixed, mean: 128}"]
 ONLINE_S, ONLINE_LOAD = 15.0, 0.7
 TRAFFIC_TOKENS = 8192
 
@@ -260,13 +263,14 @@ def main() -> None:
     print("\n".join(head))
     if abl:
         print("\nVariants: gains over contiguous on the prefill batch (unless noted); MoETuner's all-to-all model "
-              "(slowest EP-rank pair of cross-layer traffic / bandwidth, summed over layer transitions, one 8,192-token "
+              "(slowest EP-rank pair of cross-layer traffic / bandwidth, summed over layer transitions, "
+              "one 8,192-token "
               "pass) relative to contiguous\n")
         names = [v for v in VARIANTS if v != "contiguous"]
         print(f"| setting | network model | Zipf s | {' | '.join(names)} | ILP + stage-2 local search | ILP at rho 0 | "
               "ILP uneven clusters, serving batch | a2a model: contiguous ms | ILP | ILP stage 1 only | "
               "ILP + stage-2 local search |")
-        print("| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- " * 7 + "|")
         print("\n".join(abl))
     print(f"\n({time.perf_counter() - t_start:.0f} s)")
 

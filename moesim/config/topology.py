@@ -367,6 +367,10 @@ class TopologySpec(_Frozen):
         elif fabric.kind != "none":
             raise ValueError(f"fabric.kind={fabric.kind} needs nics_per_node > 0")
         if fabric.pxn_enabled and g > 1 and (intra is None or intra.kind != "nvswitch"):
+            if fabric.pxn is None:  # the rail_optimized default
+                raise ValueError("fabric.kind=rail_optimized has no spine and forwards traffic between rails over "
+                                 "NVLink (PXN), which needs intra_node.kind=nvswitch; for PCIe-only hosts use "
+                                 "single_switch or leaf_spine")
             raise ValueError("fabric.pxn forwards over NVLink; it needs intra_node.kind=nvswitch")
         if fabric.kind in ("leaf_spine", "fat_tree") and self.nic_bandwidth:
             fabric_layout(fabric, self.nic_bandwidth)  # ValueError when the ports do not add up

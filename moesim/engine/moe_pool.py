@@ -50,6 +50,8 @@ class MoePool:
     oom: np.ndarray
     link_bytes: np.ndarray | None = None
     """``[n_links]`` mean bytes per pass on each link (flow network model only)."""
+    transient: bool = False
+    """A single pass's own draw (non-stationary routing): folded into totals at once, not kept."""
 
 
 def _imbalance(rank_load: np.ndarray) -> np.ndarray:
@@ -117,7 +119,8 @@ class MoeRuntime:
         """The pool for ``tokens`` tokens (built on first use). For non-stationary routing every
         call is the next pass's own draw, repeated ``samples`` times so any index selects it."""
         if not self.stationary:
-            self._last = self._build(tokens, self.routing.next_pass(tokens)[None])
+            self._last = dataclasses.replace(self._build(tokens, self.routing.next_pass(tokens)[None]),
+                                             transient=True)
             return self._last
         hit = self._pools.get(tokens)
         if hit is None:
@@ -167,10 +170,12 @@ class MoeRuntime:
 
 
 class MoeStats:
-    """Per-replica running totals of what its passes routed and how the MoE layers ran.
+    """Per-replica record of what its passes routed and how the MoE layers ran.
 
-    expert_load ``[L, E]`` and rank_load ``[L, P]`` (token, slot) pairs; window_load ``[L, E]``
-    since the last re-plan; dropped pairs, expert weight bytes moved, passes.
+    Passes are recorded as uses of pool draws (cheap per pass); totals are materialised on
+    demand: expert_load ``[L, E]`` and rank_load ``[L, P]`` (token, slot) pairs, window_load
+    ``[L, E]`` since the last ``reset_window``, dropped pairs, expert weight bytes moved. The rank
+    load per time bin and OOM passes are kept as they happen.
     """
 
     def __init__(self, n_layers: int, n_experts: int, n_ranks: int, *, bin_s: float = 1.0) -> None:
@@ -180,33 +185,75 @@ class MoeStats:
         self.oom_passes = 0
         self.first_oom_s: float | None = None
         self.peak_act_bytes = 0.0
-        self.expert_load = np.zeros((n_layers, n_experts), np.int64)
-        self.window_load = np.zeros((n_layers, n_experts), np.int64)
-        self.rank_load = np.zeros((n_layers, n_ranks), np.int64)
-        self.dropped = 0
-        self.moved_bytes = 0.0
         self.passes = 0
+        self._shape = (n_layers, n_experts, n_ranks)
+        self._uses: dict[int, tuple[MoePool, np.ndarray]] = {}
+        self._window: dict[int, tuple[MoePool, np.ndarray]] = {}
+        self._folded = {"counts": 0, "rank_load": 0, "dropped": 0, "moved_bytes": 0.0}
+        self._folded_window: np.ndarray | int = 0
 
     def record(self, pool: MoePool, idx: np.ndarray, start_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Add passes starting at ``start_s`` that used draws ``idx`` of ``pool``; returns their
         ``(imbalance, comm_s)``."""
-        uses = np.bincount(idx, minlength=pool.time_s.size)
-        bins = (start_s // self.bin_s).astype(np.int64)
-        if bins[-1] >= self.rank_bins.shape[0]:
-            grow = np.zeros((bins[-1] + 1 - self.rank_bins.shape[0] + 64, self.rank_bins.shape[1]), np.int64)
+        if pool.transient:  # fold now: keeping one pool per pass would grow without bound
+            uses = np.bincount(idx, minlength=pool.time_s.size)
+            for field in self._folded:
+                self._folded[field] = self._folded[field] + np.tensordot(uses, getattr(pool, field), axes=1)
+            self._folded_window = self._folded_window + np.tensordot(uses, pool.counts, axes=1)
+        for book in (() if pool.transient else (self._uses, self._window)):
+            entry = book.get(id(pool))
+            if entry is None:
+                entry = book[id(pool)] = (pool, np.zeros(pool.time_s.size, np.int64))
+            if idx.size == 1:
+                entry[1][idx[0]] += 1
+            else:
+                entry[1][:] += np.bincount(idx, minlength=pool.time_s.size)
+        per_pass = pool.rank_load.sum(axis=1) if idx.size > 1 else pool.rank_load[idx[0]].sum(axis=0)
+        last = int(start_s[-1] // self.bin_s)
+        if last >= self.rank_bins.shape[0]:
+            grow = np.zeros((last + 65 - self.rank_bins.shape[0], self.rank_bins.shape[1]), np.int64)
             self.rank_bins = np.concatenate([self.rank_bins, grow])
-        np.add.at(self.rank_bins, bins, pool.rank_load[idx].sum(axis=1))
+        if idx.size == 1:
+            self.rank_bins[last] += per_pass
+        else:
+            np.add.at(self.rank_bins, (start_s // self.bin_s).astype(np.int64), per_pass[idx])
         oom = pool.oom[idx]
         if oom.any():
             self.oom_passes += int(oom.sum())
             if self.first_oom_s is None:
                 self.first_oom_s = float(start_s[np.argmax(oom)])
         self.peak_act_bytes = max(self.peak_act_bytes, float(pool.peak_act_bytes[idx].max()))
-        load = np.tensordot(uses, pool.counts, axes=1)
-        self.expert_load += load
-        self.window_load += load
-        self.rank_load += np.tensordot(uses, pool.rank_load, axes=1)
-        self.dropped += int(uses @ pool.dropped)
-        self.moved_bytes += float(uses @ pool.moved_bytes)
         self.passes += int(idx.size)
         return pool.imbalance[idx], pool.comm_s[idx]
+
+    @staticmethod
+    def _total(book: dict[int, tuple[MoePool, np.ndarray]], field: str, shape: tuple[int, ...],
+               folded: np.ndarray | float) -> np.ndarray:
+        out = np.zeros(shape, np.int64 if field != "moved_bytes" else np.float64) + folded
+        for pool, uses in book.values():
+            out = out + np.tensordot(uses, getattr(pool, field), axes=1)
+        return out
+
+    @property
+    def expert_load(self) -> np.ndarray:
+        return self._total(self._uses, "counts", self._shape[:2], self._folded["counts"])
+
+    @property
+    def window_load(self) -> np.ndarray:
+        return self._total(self._window, "counts", self._shape[:2], self._folded_window)
+
+    def reset_window(self) -> None:
+        """Start a new observation window (after a re-plan)."""
+        self._window, self._folded_window = {}, 0
+
+    @property
+    def rank_load(self) -> np.ndarray:
+        return self._total(self._uses, "rank_load", (self._shape[0], self._shape[2]), self._folded["rank_load"])
+
+    @property
+    def dropped(self) -> int:
+        return int(self._total(self._uses, "dropped", (), self._folded["dropped"]))
+
+    @property
+    def moved_bytes(self) -> float:
+        return float(self._total(self._uses, "moved_bytes", (), self._folded["moved_bytes"]))

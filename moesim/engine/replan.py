@@ -94,11 +94,13 @@ class Replanner:
         return pause
 
     def _plan(self, stats: MoeStats | None) -> Placement | None:
-        if stats is None or not stats.window_load.any():
+        if stats is None:
             return None
         load = stats.window_load.astype(np.float64)
+        if not load.any():
+            return None
         share = load / np.maximum(load.sum(axis=1, keepdims=True), 1.0)
-        stats.window_load[:] = 0
+        stats.reset_window()
         self._ema = share if self._ema is None else self.ema_decay * self._ema + (1 - self.ema_decay) * share
         self.replans += 1
         return self.planner(self._ema)

@@ -155,7 +155,7 @@ class FaultSet:
 
     def __init__(self, faults: Sequence[FaultSpec | dict[str, Any]] | None) -> None:
         self.faults: tuple[FaultSpec, ...] = parse_faults(list(faults or ()))
-        self._cache: dict[tuple[int, int], Topology] = {}
+        self._cache: dict[int, tuple[Topology, list[Topology]]] = {}
 
     @property
     def changes(self) -> tuple[float, ...]:
@@ -169,20 +169,13 @@ class FaultSet:
     def topology_at(self, base: Topology, t: float) -> Topology:
         """``base`` with every fault active at ``t`` applied (cached per number of active faults)."""
         k = len(self.active(t))
-        key = (id(base), k)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = base
-            for j in range(k, 0, -1):  # start from the longest cached prefix
-                if (id(base), j) in self._cache:
-                    hit = self._cache[(id(base), j)]
-                    break
-            else:
-                j = 0
-            for i in range(j, k):
-                hit = apply_fault(hit, self.faults[i])
-                self._cache[(id(base), i + 1)] = hit
-        return hit
+        entry = self._cache.get(id(base))
+        if entry is None or entry[0] is not base:
+            entry = self._cache[id(base)] = (base, [base])
+        chain = entry[1]  # chain[i]: base with the first i faults applied
+        while len(chain) <= k:
+            chain.append(apply_fault(chain[-1], self.faults[len(chain) - 1]))
+        return chain[k]
 
     def schedule(self, base: Topology) -> list[tuple[float, Topology]]:
         """``[(time, topology from that time on)]`` for every change time (partitions raised now)."""

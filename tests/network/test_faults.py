@@ -161,3 +161,60 @@ def test_fault_set_applies_faults_in_simulated_time(rail: Topology) -> None:
     assert apply_faults(rail, fs.faults).bottleneck_bytes_per_s[9, 1] == NIC / 2
     with pytest.raises(PartitionError, match="after fail of 'rail2'"):
         FaultSet([{"at_s": 3.0, "kind": "fail", "target": "rail2"}]).schedule(rail)
+
+
+# --------------------------------------------------------------------------- consistency under random faults
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BASES = {name: Topology.from_spec(load_topology(name)) for name in ("h100-4node-rail", "hgx-h100-node", "pcie-8gpu-node")}
+_BASES["leaf-spine"] = _leaf_spine(nodes=6, nodes_per_leaf=2, oversubscription=1.0)
+_BASES["hgx-leaf-spine"] = Topology.from_spec(TopologySpec.model_validate({
+    "name": "hl", "node_type": "hgx-h100-node", "nodes": 4,
+    "fabric": {"kind": "leaf_spine", "nodes_per_leaf": 2, "oversubscription": 2.0, "pxn": True}}))
+
+
+def _links(topo: Topology) -> list[str]:
+    pairs = sorted({tuple(sorted(e)) for e in topo.edge_list})
+    return [f"{a}<->{b}" for a, b in pairs] + [f"{a}->{b}" for a, b in topo.edge_list]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(sorted(_BASES)), st.data())
+def test_partition_verdict_pair_metrics_and_routes_agree(name: str, data: st.DataObject) -> None:
+    base = _BASES[name]
+    devices = [v for v in base.vertex_names() if v not in base.gpu_index]
+    targets = data.draw(st.lists(st.sampled_from(_links(base) + devices), min_size=1, max_size=3, unique=True))
+    faults = [{"kind": data.draw(st.sampled_from(["fail", "degrade"])), "target": t} for t in targets]
+    for f in faults:
+        if f["kind"] == "degrade":
+            f["factor"] = 0.5
+    patched = Topology._check_reachable, Topology._check_links
+    Topology._check_reachable = Topology._check_links = lambda self: None  # type: ignore[method-assign]
+    try:  # every fault applied, the pair metrics computed without the checks
+        hurt = apply_faults(base, faults)
+    except TopologyError:  # a later fault names a link or device an earlier one removed
+        return
+    finally:
+        Topology._check_reachable, Topology._check_links = patched  # type: ignore[method-assign]
+    verdict = None
+    try:
+        hurt._check_links()
+        hurt._check_reachable()
+    except PartitionError as e:
+        verdict = e
+    bw, lat = np.asarray(hurt.bottleneck_bytes_per_s), np.asarray(hurt.latency_s)
+    off = ~np.eye(hurt.n_gpus, dtype=bool)
+    cut = (bw == 0) & off
+    assert int(cut.sum()) == (0 if verdict is None else verdict.n_unreachable)
+    assert np.all(np.isfinite(lat[~cut]))
+    rng = np.random.default_rng(len(targets))
+    for s, d in rng.integers(0, hurt.n_gpus, size=(12, 2)).tolist():
+        if s == d or cut[s, d]:
+            continue
+        paths = hurt.routed_edge_paths(s, d, limit=1 << 20)
+        caps = [min(hurt._cap[p]) for p in paths]
+        assert max(caps) == pytest.approx(bw[s, d])
+        assert min(hurt._lat[p].sum() for p in paths) == pytest.approx(lat[s, d])
+        assert all(hurt.edge_list[p[0]][0] == hurt.gpu_names[s] and hurt.edge_list[p[-1]][1] == hurt.gpu_names[d]
+                   for p in paths)

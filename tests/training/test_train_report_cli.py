@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import moe_scenario
+from train_helpers import moe_scenario
 
 from moesim.cli import main
 from moesim.engine.training import run_training

@@ -1,10 +1,8 @@
-"""Small training scenarios for the training-simulator tests."""
+"""Small training scenarios for the training-simulator tests (imported by the test modules)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import pytest
 
 from moesim.config.schema import Scenario
 
@@ -46,8 +44,3 @@ def dense_scenario(**training: Any) -> Scenario:
                            "steps": 2}, training),
     }
     return Scenario.model_validate(tree)
-
-
-@pytest.fixture
-def moe() -> Scenario:
-    return moe_scenario()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_DENSE, dense_scenario, moe_scenario
+from train_helpers import TINY_DENSE, dense_scenario, moe_scenario
 
 from moesim.config.presets import load_model
 from moesim.config.schema import ModelSpec

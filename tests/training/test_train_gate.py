@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import moe_scenario
+from train_helpers import moe_scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import moe_scenario
+from train_helpers import moe_scenario
 
 from moesim.engine.training import run_training
 from moesim.engine.training.faults import simulate_run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dense_scenario, moe_scenario
+from train_helpers import dense_scenario, moe_scenario
 
 from moesim.engine.build import ZeroCollectives
 from moesim.engine.training import run_training
@@ -110,7 +110,7 @@ def test_slow_gpu_and_degraded_link_slow_the_step() -> None:
     base = run_training(moe_scenario()).summary["step_time_mean_s"]
     slow = run_training(moe_scenario(stragglers={"slow_gpu_ids": [5], "slow_factor": 2.0})).summary
     assert slow["step_time_mean_s"] > base * 1.2 and slow["straggler_slowdown"] > 1.2
-    from conftest import merge
+    from train_helpers import merge
     from moesim.config.schema import Scenario
     tree = moe_scenario().model_dump()
     tree["hardware"]["topology"] = "h100-4node-rail"
