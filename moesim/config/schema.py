@@ -182,6 +182,9 @@ class HardwareCfg(Frozen):
     """Path to a measured calibration profile (moesim calibrate); None = roofline."""
     cost: CostCfg = CostCfg()
     network: NetworkCfg = NetworkCfg()
+    faults: tuple[FaultSpec, ...] = ()
+    """Link / NIC / switch faults at simulated times: ``{at_s, kind: degrade|fail, target, factor}``;
+    traffic reroutes from then on, and a fault that cuts GPUs off is reported at setup."""
 
 
 class DeploymentCfg(Frozen):
@@ -379,7 +382,7 @@ class Scenario(Frozen):
     seed: int = 0
     model: str | ModelSpec = "olmoe-1b-7b"
     """Model preset name or an inline spec."""
-    hardware: HardwareCfg = HardwareCfg()
+    hardware: HardwareCfg = Field(default_factory=lambda: HardwareCfg())
     deployment: DeploymentCfg = DeploymentCfg()
     scheduler: SchedulerCfg = SchedulerCfg()
     router: RouterCfg = RouterCfg()
@@ -397,6 +400,9 @@ class Scenario(Frozen):
 
 # moe.py builds on Frozen above, so its sections are imported last and resolved by a rebuild.
 from moesim.config.moe import BalanceCfg, PlacementCfg  # noqa: E402
+from moesim.config.faults import FaultSpec  # noqa: E402
+
+HardwareCfg.model_rebuild()
 from moesim.config.training import TrainingCfg  # noqa: E402
 
 Scenario.model_rebuild()

@@ -14,6 +14,7 @@ from moesim.hardware.cost import CostModel, build_cost_model
 from moesim.hardware.profile import Profile, ProfileError, load_profile
 from moesim.engine.memory import MemoryBudget, memory_budget
 from moesim.network.collectives import CollectiveCost, SimpleCollectives
+from moesim.network.faults import FaultSet
 from moesim.network.flow_collectives import FlowCollectives
 from moesim.network.link_load import LinkLoadCollectives
 from moesim.network.topology import Topology
@@ -60,6 +61,8 @@ class Deployment:
     collectives: CollectiveCost
     budget: MemoryBudget
     replica_gpus: tuple[tuple[int, ...], ...]
+    faults: tuple[tuple[float, Topology], ...] = ()
+    """``(time, topology from then on)`` for every fault change (partitions raised at build)."""
 
 
 def _check_parallelism(scenario: Scenario, model: ModelSpec, topo: Topology) -> None:
@@ -126,4 +129,5 @@ def build_deployment(scenario: Scenario) -> Deployment:
     coll = build_collectives(scenario, topo)
     g = dep.gpus_per_replica
     replica_gpus = tuple(tuple(range(r * g, (r + 1) * g)) for r in range(dep.replicas))
-    return Deployment(model, gpu, shape, topo, cost, coll, budget, replica_gpus)
+    faults = tuple(FaultSet(scenario.hardware.faults).schedule(topo)) if scenario.hardware.faults else ()
+    return Deployment(model, gpu, shape, topo, cost, coll, budget, replica_gpus, faults)

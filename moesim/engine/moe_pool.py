@@ -91,6 +91,11 @@ class MoeRuntime:
         np.put_along_axis(self._slot_rank, order, rank_sorted, axis=1)
         self._slot_cnt = np.where(phy >= 0, np.take_along_axis(placement.logcnt, np.maximum(phy, 0), axis=1), 1)
 
+    def use_collectives(self, coll: CollectiveCost) -> None:
+        """Cost communication with ``coll`` from now on (drops every cached pool)."""
+        self.coll = coll
+        self._pools.clear()
+
     def set_placement(self, placement: Placement) -> None:
         """Put a new placement in force (drops every cached pool)."""
         self._contiguous = False
@@ -132,12 +137,15 @@ class MoeRuntime:
         return self.pool(tokens) if self.stationary else self._last
 
     def _build(self, tokens: int, counts: np.ndarray) -> MoePool:
-        """Cost ``counts [S, L, E]``; a single non-stationary draw is tiled to ``samples`` copies."""
-        if counts.shape[0] < self.samples:
-            counts = np.repeat(counts, self.samples, axis=0)
+        """Cost ``counts [S, L, E]``; a single non-stationary draw is costed once and repeated."""
         pool, links = capture_link_bytes(self.coll, lambda: self._cost(counts))
         if links is not None:
             pool = dataclasses.replace(pool, link_bytes=links / counts.shape[0])
+        if counts.shape[0] < self.samples:  # one draw: repeat it so any sample index selects it
+            reps = self.samples // counts.shape[0]
+            pool = dataclasses.replace(pool, **{
+                f.name: np.repeat(getattr(pool, f.name), reps, axis=0)
+                for f in dataclasses.fields(pool) if f.name not in ("link_bytes", "transient")})
         return pool
 
     def _cost(self, counts: np.ndarray) -> MoePool:

@@ -92,7 +92,10 @@ def build_moe_runtime(scenario: Scenario, d: Deployment, gpus: tuple[int, ...],
         load = routing.expected_counts(tokens)
     else:
         load = np.full((m.n_moe_layers, m.moe.n_routed_experts), tokens * m.moe.top_k / m.moe.n_routed_experts)
-    placement = plan_placement(scenario, d, gpus, load, transitions=getattr(routing, "transitions", None))
+    transitions = getattr(routing, "transitions", None)     # per-slot probabilities e -> e' [L-1, E, E]
+    if transitions is not None:
+        transitions = load[:-1, :, None] * transitions          # tokens e -> e', the policy's contract
+    placement = plan_placement(scenario, d, gpus, load, transitions=transitions)
     return MoeRuntime(routing=routing, placement=placement, balancer=build_balancer(scenario),
                       shape=moe_shape(d, scenario, gpus), cost=d.cost, collectives=d.collectives,
                       samples=scenario.routing.samples_per_shape,

@@ -67,10 +67,20 @@ class PassCostModel:
         heads_share = 1.0 / t
         self.fpp_decode = shape.attn_flops_per_pair(decode=True) * heads_share
         self.fpp_prefill = shape.attn_flops_per_pair(decode=False) * heads_share
-        self._static: dict[tuple[int, int], float] = {}
+        self._static: dict[tuple[int, int], tuple[float, float, np.ndarray | None]] = {}
+        self.link_map: np.ndarray | None = None
+        """Index of each current network link in the run's first network (None: identical)."""
         self._no_moe: MoePool | None = None
 
     # ------------------------------------------------------------------ token-count parts
+    def use_collectives(self, coll: CollectiveCost, link_map: np.ndarray | None) -> None:
+        """Cost from now on with ``coll`` (a faulted network): every cached cost is dropped."""
+        self.coll = coll
+        self.link_map = link_map
+        self._static.clear()
+        if self.moe is not None:
+            self.moe.use_collectives(coll)
+
     def group_static_s(self, tokens: int, seqs: int) -> float:
         """Everything in one DP group's pass except the attention core and routed experts (s)."""
         return self._static_entry(tokens, seqs)[0]

@@ -66,7 +66,7 @@ class Replanner:
     migrations: list[Migration] = field(default_factory=list)
     replans: int = 0
     _ema: np.ndarray | None = None
-    _pending: tuple[float, Placement] | None = None
+    _pending: list[tuple[float, Placement]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.plan_due_s = self.next_due_s = self.interval_s
@@ -78,19 +78,20 @@ class Replanner:
     def apply(self, now_s: float, stats: MoeStats | None) -> float:
         """Do what is due at ``now_s``; returns the pause (s) for weight migration."""
         pause = 0.0
-        if self._pending is not None and self._pending[0] <= now_s:
-            pause += self._migrate(now_s, self._pending[1])
-            self._pending = None
+        due = [p for t, p in self._pending if t <= now_s]
+        if due:  # the newest due plan supersedes older ones (delay may exceed the interval)
+            pause += self._migrate(now_s, due[-1])
+            self._pending = [(t, p) for t, p in self._pending if t > now_s]
         if now_s >= self.plan_due_s:
             placement = self._plan(stats)
             if placement is not None:
                 if self.delay_s > 0:
-                    self._pending = (now_s + self.delay_s, placement)
+                    self._pending.append((now_s + self.delay_s, placement))
                 else:
                     pause += self._migrate(now_s, placement)
             while self.plan_due_s <= now_s:
                 self.plan_due_s += self.interval_s
-        self.next_due_s = min(self.plan_due_s, self._pending[0] if self._pending else np.inf)
+        self.next_due_s = min(self.plan_due_s, self._pending[0][0] if self._pending else np.inf)
         return pause
 
     def _plan(self, stats: MoeStats | None) -> Placement | None:

@@ -93,6 +93,7 @@ class Replica:
         self.shared = shared if shared is not None and shared.contended[index] else None
         """Set when this replica's traffic can cross links another replica uses (no fast-forward)."""
         self._stretch = 1.0
+        self.fault_times: tuple[float, ...] = ()
         self.clock = 0.0
         self.process = env.process(self.serve())
 
@@ -276,12 +277,16 @@ class Replica:
         return durs
 
     def _cap_at_boundaries(self, ends: np.ndarray, durs: np.ndarray, k: int) -> int:
-        """Shorten a run so it neither ends past the horizon nor starts a pass after a re-plan is due."""
+        """Shorten a run so it neither ends past the horizon nor starts a pass after a re-plan is
+        due or after a network fault."""
         if self.horizon is not None:
             k = max(1, int(np.searchsorted(ends[:k], self.horizon, side="right")))
+        starts = ends[:k] - durs[:k]
         if self.replanner is not None:
-            starts = ends[:k] - durs[:k]
-            k = max(1, int(np.searchsorted(starts, self.replanner.next_due_s, side="left")))
+            k = max(1, int(np.searchsorted(starts[:k], self.replanner.next_due_s, side="left")))
+        upcoming = [t for t in self.fault_times if t > self.clock]
+        if upcoming:  # a network change: passes that start after it are costed on the new network
+            k = max(1, int(np.searchsorted(starts[:k], upcoming[0], side="left")))
         return k
 
     def _commit(self, plan: Plan, groups: list[GroupBatch], k: int, durs: np.ndarray, ends: np.ndarray,
@@ -307,6 +312,8 @@ class Replica:
             self.shared.end(self.index)
             comm_s, self._stretch = comm_s * self._stretch, 1.0
         if links is not None and self.links is not None:
+            if self.pcm.link_map is not None:  # a faulted network: count on the first network's links
+                links = np.bincount(self.pcm.link_map, weights=links, minlength=self.links.total.size)
             self.links.record(links, ends - durs)
         self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
                         prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),

@@ -14,7 +14,7 @@ import moesim
 from moesim.config.load import scenario_hash
 from moesim.config.schema import Scenario
 from moesim.core.rng import RngStreams
-from moesim.engine.build import Deployment, build_deployment
+from moesim.engine.build import Deployment, build_collectives, build_deployment
 from moesim.engine.moe_setup import build_moe_runtime, plan_placement
 from moesim.engine.moe_summary import moe_outcome
 from moesim.engine.replan import Replanner
@@ -88,6 +88,10 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
                 timeseries_bin_s=scenario.engine.timeseries_bin_s, shared=shared)
         for i in range(dep.replicas)
     ]
+    if d.faults:
+        for r in replicas:
+            r.fault_times = tuple(t for t, _ in d.faults)
+        env.process(_apply_faults(env, scenario, d, pcms, replicas))
     router = ROUTERS.build(scenario.router.kind)
     env.process(_arrivals(env, req.arrival_s, replicas, router))
     _advance(env, scenario.engine.horizon_s, float(req.arrival_s[-1]) if len(req) else 0.0, progress)
@@ -167,6 +171,25 @@ def _replanner(scenario: Scenario, d: Deployment, pcm: PassCostModel, gpus: tupl
     return Replanner(interval_s=pc.replan_interval_s, delay_s=pc.replan_delay_s, ema_decay=pc.ema_decay,
                      planner=lambda load: plan_placement(scenario, d, gpus, load), moe=pcm.moe,
                      collectives=d.collectives)
+
+
+def _apply_faults(env: simpy.Environment, scenario: Scenario, d: Deployment, pcms: list[PassCostModel],
+                  replicas: list[Replica]):  # noqa: ANN202 - SimPy process
+    """Process: at each fault time, cost communication on the faulted topology from then on."""
+    base = getattr(d.collectives, "network", None)
+    index = {e: i for i, e in enumerate(base.router.edges)} if base is not None else {}
+    for t, topology in d.faults:
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        coll = build_collectives(scenario, topology)
+        net = getattr(coll, "network", None)
+        link_map = np.array([index[e] for e in net.router.edges]) if net is not None and index else None
+        for pcm in {id(p): p for p in pcms}.values():
+            pcm.use_collectives(coll, link_map)
+        if net is not None and len(replicas) > 1 and scenario.hardware.network.contention:
+            shared = SharedLinks(net, d.replica_gpus)
+            for r in replicas:
+                r.shared = shared if shared.contended[r.index] else None
 
 
 def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, replicas: list[Replica], router: object):  # noqa: ANN202

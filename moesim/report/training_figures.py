@@ -31,7 +31,8 @@ __all__ = ["TRAINING_PANELS", "breakdown_bars", "failure_timeline", "imbalance_t
 
 COMPONENTS = (
     ("compute", "compute", "#1f77b4"), ("recompute", "recompute", "#aec7e8"), ("tp_comm", "TP / CP comm", "#ff7f0e"),
-    ("ep_comm", "EP all-to-all", "#ffbb78"), ("gate", "gate overhead", "#bcbd22"), ("bubble", "pipeline bubble", "#c7c7c7"),
+    ("ep_comm", "EP all-to-all", "#ffbb78"), ("gate", "gate overhead", "#bcbd22"),
+    ("bubble", "pipeline bubble", "#c7c7c7"),
     ("pp_comm", "PP send / recv", "#8c564b"), ("imbalance_wait", "imbalance wait", "#d62728"),
     ("straggler_wait", "straggler wait", "#9467bd"), ("dp_exposed", "exposed DP sync", "#2ca02c"),
     ("optimizer", "optimizer", "#17becf"), ("param_gather", "param all-gather", "#98df8a"),

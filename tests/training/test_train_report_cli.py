@@ -52,3 +52,13 @@ def test_cli_reports_a_bad_mesh_as_exit_2(tmp_path: Path, capsys: pytest.Capture
     code = main(["run", str(REPO / "scenarios" / "qwen3-30b-train.yaml"), "--set", "training.parallel.pp=3",
                  "-o", str(tmp_path / "x"), "-q"])
     assert code == 2 and "training.parallel.pp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3-train-2048xh800", "qwen3-30b-train"])
+def test_shipped_training_scenarios_take_a_step(name: str) -> None:
+    from moesim.config.load import load_scenario
+
+    scenario = load_scenario(REPO / "scenarios" / f"{name}.yaml", ["training.steps=1", "training.detail_step=0"])
+    res = run_training(scenario)
+    s = res.summary
+    assert s["oom_steps"] == 0 and 0.05 < s["mfu"] < 0.8 and s["step_time_mean_s"] > 0

@@ -104,7 +104,9 @@ class MoeStepModel:
         self.state = gate.initial_state(n_layers, n_experts)
         self.contiguous = placement.n_slots == n_experts and np.array_equal(
             placement.phy2log, np.tile(np.arange(n_experts), (n_layers, 1)))
-        self.runtime = MoeRuntime(routing=None, placement=placement, balancer=None, shape=shape, cost=cost,  # type: ignore[arg-type]
+        # only its even split over replicas is used (the routing draws are made here)
+        self.runtime = MoeRuntime(routing=None, placement=placement, balancer=None,  # type: ignore[arg-type]
+                                  shape=shape, cost=cost,
                                   collectives=coll, samples=samples, contiguous=self.contiguous)
         self.shape = shape
         self.overlap = cfg.schedule.ep_comm_overlap
@@ -157,19 +159,19 @@ class MoeStepModel:
         incl = capped_inclusion_rows(shares.reshape(-1, n_experts), self.k)
         return counts_from_inclusion(incl, t, self.k, rng).reshape(s, n_layers, n_experts)
 
-    def _gemm_tokens(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``[S, L, P, E']`` tokens per EP rank and local GEMM, and expert-weight copies (balancers)."""
+    def _gemm_tokens(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``[S, L, P, E']`` tokens per EP rank and local GEMM, expert-weight copies and ``[S, L]``
+        pairs the balancer dropped (the scenario's ``balance``: LLEP, capacity, replica choice)."""
         s, n_layers, n_experts = kept.shape
         p = self.placement.n_gpus
         if self.balancer is None:
             gemm = kept.reshape(s, n_layers, p, n_experts // p) if self.contiguous else self.runtime.even_split(kept)
-            return gemm, None
+            return gemm, None, np.zeros((s, n_layers), np.int64)
         decisions = [self.balancer.balance(kept[i], self.placement) for i in range(s)]
         gemm = np.stack([gemm_tokens_from_decision(d, n_experts) for d in decisions])
-        gemm = gemm.reshape(s, n_layers, p, n_experts)
         moves = sum(d.weight_transfers for d in decisions)
         pairs = np.stack([transfer_bytes(d, self.shape) for d in decisions]) if moves else None
-        return gemm, pairs
+        return gemm, pairs, np.stack([d.dropped for d in decisions])
 
     def _layer_costs(self, gemm: np.ndarray, pairs: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """``[S, L]`` slowest-rank GEMMs, all-to-alls (+ weight copies), and the balanced versions
@@ -235,7 +237,8 @@ class MoeStepModel:
         counts = self._counts(routing, rng)
         kept, dropped = (counts, np.zeros(counts.shape[:2], np.int64)) if routing.exact else \
             capacity_clip(counts, self.cfg.gate.capacity_factor)
-        gemm, pairs = self._gemm_tokens(kept)
+        gemm, pairs, balancer_dropped = self._gemm_tokens(kept)
+        dropped = dropped + balancer_dropped
         g_max, comm, g_bal, c_bal = self._layer_costs(gemm, pairs)
         slots = gemm.sum(axis=-1)                                        # [S, L, P]
         idx = rng.integers(0, self.samples, size=(micro_batches, self.lay.chunks))
@@ -259,7 +262,8 @@ class MoeStepModel:
             expert_load=counts.sum(axis=0), rank_load=rank_load, max_rank_slots=slots.max(axis=2).mean(axis=0),
             maxvio_global=float(max_violation(selected).mean()),
             maxvio_micro=float(max_violation(counts).mean()),
-            rank_imbalance=float(np.where(mean_rank > 0, slots.max(axis=-1) / np.maximum(mean_rank, 1e-12), 1.0).mean()),
+            rank_imbalance=float(np.where(mean_rank > 0, slots.max(axis=-1) / np.maximum(mean_rank, 1e-12),
+                                          1.0).mean()),
             dropped_fraction=float(dropped.sum() / max(counts.sum(), 1)))
 
     def _recompute(self, per_op: dict[str, np.ndarray], slots: np.ndarray,

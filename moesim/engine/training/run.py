@@ -79,9 +79,11 @@ def run_training(scenario: Scenario, *, progress: Progress | None = None,
     config["resolved"] = {"model": setup.model.model_dump(mode="json"), "gpu": setup.gpu.model_dump(mode="json"),
                           "topology": setup.topology.name}
     imb = steps["rank_imbalance"].to_numpy() if "rank_imbalance" in steps else np.ones(len(steps))
-    imbalance = pd.DataFrame({"replica": [0], "imbalance_mean": [float(imb.mean())],
-                              "imbalance_p99": [float(np.percentile(imb, 99))],
-                              "imbalance_routed_mean": [float(imb.mean())]}) if setup.moe is not None else pd.DataFrame()
+    imbalance = pd.DataFrame()
+    if setup.moe is not None:
+        imbalance = pd.DataFrame({"replica": [0], "imbalance_mean": [float(imb.mean())],
+                                  "imbalance_p99": [float(np.percentile(imb, 99))],
+                                  "imbalance_routed_mean": [float(imb.mean())]})
     mem = pd.DataFrame({k: v for k, v in setup.memory_table.items()})
     return RunResult(
         config=config, provenance=provenance, summary=summary, requests=pd.DataFrame(), timeseries=pd.DataFrame(),

@@ -212,9 +212,11 @@ def _p2p(mesh: Mesh, plan: PipelinePlan, coll: CollectiveCost, groups: dict[str,
         if c > 0:
             src = (c - 1) % mesh.pp
             if src != s:
-                f[c] = float(coll.p2p_s(mesh.gpu(stage=src, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank), nbytes))
+                f[c] = float(coll.p2p_s(mesh.gpu(stage=src, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank),
+                                        nbytes))
         if c < c_total - 1:
             dst = (c + 1) % mesh.pp
             if dst != s:
-                b[c] = float(coll.p2p_s(mesh.gpu(stage=dst, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank), nbytes))
+                b[c] = float(coll.p2p_s(mesh.gpu(stage=dst, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank),
+                                        nbytes))
     return f, b

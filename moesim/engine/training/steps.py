@@ -105,7 +105,8 @@ class StepLoop:
         z = np.zeros((self.m, self.c))
         comp = {
             "compute": (d.compute_f + (moe.gemm_f if moe else z), d.compute_b + (moe.gemm_b if moe else z)),
-            "imbalance": (d.imbalance_f + (moe.imbalance_f if moe else z), d.imbalance_b + (moe.imbalance_b if moe else z)),
+            "imbalance": (d.imbalance_f + (moe.imbalance_f if moe else z),
+                          d.imbalance_b + (moe.imbalance_b if moe else z)),
             "tp_comm": (d.tp_f, d.tp_b),
             "ep_comm": (moe.ep_f if moe else z, moe.ep_b if moe else z),
             "gate": (d.gate_f, d.gate_b),
@@ -142,8 +143,9 @@ class StepLoop:
         end = float(max(np.max(run.stage_end), np.max(sync_end)))
         breakdown = dict(busy)
         breakdown.update(
-            bubble=max(run_c0.makespan - float(ideal[:, :, on].sum()), 0.0), pp_comm=run_c.makespan - run_c0.makespan,
-            imbalance_wait=run_b.makespan - run_c.makespan, straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan,
+            bubble=max(run_c0.makespan - float(ideal[:, :, on].sum()), 0.0),
+            pp_comm=run_c.makespan - run_c0.makespan, imbalance_wait=run_b.makespan - run_c.makespan,
+            straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan,
             optimizer=opt_s, param_gather=gather_s)
         step_s = end + opt_s + gather_s
         timeline = self._timeline(run, sync_end, opt_s, gather_s) if record_timeline else None

@@ -100,11 +100,51 @@ def map_clusters(sizes: np.ndarray, traffic: list[np.ndarray] | None, bw: np.nda
         time_limit_s *= 0.75
     if traffic is None or not any(c.any() for c in traffic):
         return warm, solves, note
-    perm, result = _solve(sizes, traffic, bw, caps, warm, time_limit_s, rel_gap)
+    # CBC's absolute tolerances (~1e-6..1e-9) swallow an objective of tokens / (bytes/s) (~1e-10..1e-6):
+    # solve in units of the largest traffic entry and the narrowest link
+    t_scale = max(float(c.max()) for c in traffic)
+    off = bw[~np.eye(n_gpus, dtype=bool)]
+    b_scale = float(off[np.isfinite(off)].min()) if np.isfinite(off).any() else 1.0
+    scaled = [c / t_scale for c in traffic]
+    warm = _polish(warm, sizes, scaled, bw / b_scale, caps)
+    perm, result = _solve(sizes, scaled, bw / b_scale, caps, warm, time_limit_s, rel_gap)
     solves.append(("map", result))
     if perm is None or traffic_cost(perm, traffic, bw) > traffic_cost(warm, traffic, bw) * (1 + 1e-9):
         perm = warm
     return perm, solves, note
+
+
+def _polish(perm: np.ndarray, sizes: np.ndarray, traffic: list[np.ndarray], bw: np.ndarray,
+            caps: np.ndarray, max_perms: int = 720) -> np.ndarray:
+    """Coordinate descent over each layer's cluster->GPU map (all P! maps for small P, else
+    pairwise swaps), keeping the totals balanced: a strong warm start for the weak big-M model."""
+    import itertools
+    import math
+    n_layers, n_gpus = sizes.shape
+    perm = perm.copy()
+    if math.factorial(n_gpus) <= max_perms:
+        moves = [np.array(p) for p in itertools.permutations(range(n_gpus))]
+    else:
+        moves = []
+        for i, j in itertools.combinations(range(n_gpus), 2):
+            m = np.arange(n_gpus)
+            m[[i, j]] = m[[j, i]]
+            moves.append(m)
+    best = traffic_cost(perm, traffic, bw)
+    improved = True
+    while improved:
+        improved = False
+        for l in range(n_layers):
+            base = perm[l].copy()
+            for m in moves:
+                perm[l] = m[base]
+                if not _fits(perm, sizes, caps):
+                    continue
+                c = traffic_cost(perm, traffic, bw)
+                if c < best * (1 - 1e-9):
+                    best, base, improved = c, perm[l].copy(), True
+            perm[l] = base
+    return perm
 
 
 def _solve(sizes: np.ndarray, traffic: list[np.ndarray] | None, bw: np.ndarray, caps: np.ndarray,
