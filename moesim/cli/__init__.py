@@ -58,8 +58,28 @@ SUMMARY_ROWS = [
 ]
 
 
+TRAINING_ROWS = [
+    ("parallelism, schedule", ("parallelism", "schedule")),
+    ("step time mean / p99 (s)", ("step_time_mean_s", "step_time_p99_s")),
+    ("compute / exposed EP comm / bubble (s)", ("step_compute_s", "step_ep_comm_s", "step_bubble_s")),
+    ("imbalance / straggler wait (s)", ("step_imbalance_wait_s", "step_straggler_wait_s")),
+    ("MFU, tokens/s per GPU", ("mfu", "tokens_per_s_per_gpu")),
+    ("expert imbalance, MaxVio first / last", ("expert_imbalance_mean", "maxvio_global_first", "maxvio_global_last")),
+    ("time to train (days), GPU-hours", ("time_to_train_days", "gpu_hours")),
+    ("failures, goodput", ("failures", "goodput")),
+    ("peak memory (bytes), OOM steps", ("memory_peak_bytes", "oom_steps")),
+]
+
+
 def print_summary(summary: dict[str, object], out: Path, wall_s: float) -> None:
-    """The short table printed after a run."""
+    """The short table printed after a run (training runs get their own rows)."""
+    if summary.get("mode") == "training":
+        print(f"{summary['scenario']}: training {summary['model']} on {summary['gpus']} x {summary['gpu']}, "
+              f"{summary['steps']} steps ({summary['sim_time_s']:,.1f} s simulated) in {wall_s:.1f} s")
+        for label, keys in TRAINING_ROWS:
+            print(f"  {label:<40} {' / '.join(_fmt(summary.get(k)) for k in keys)}")
+        print(f"  report: {out / 'report.html'}")
+        return
     print(f"{summary['scenario']}: {summary['model']} on {summary['gpus']} x {summary['gpu']} "
           f"({summary['replicas']} replicas), {summary['sim_time_s']:,.1f} s simulated in {wall_s:.1f} s")
     for label, keys in SUMMARY_ROWS:
