@@ -300,12 +300,14 @@ PANELS: tuple[tuple[str, Callable[[RunResult], go.Figure | None]], ...] = (
 
 
 def all_panels() -> tuple[tuple[str, Callable[[RunResult], go.Figure | None]], ...]:
-    """``PANELS`` followed by the MoE panels of ``moe_figures.MOE_PANELS`` and the training panels of
+    """``PANELS`` followed by the MoE panels of ``moe_figures.MOE_PANELS``, the network panels of
+    ``network_figures.NETWORK_PANELS`` and the training panels of
     ``training_figures.TRAINING_PANELS`` (which draw nothing for inference runs)."""
     from moesim.report.moe_figures import MOE_PANELS  # late: moe_figures builds on this module
+    from moesim.report.network_figures import NETWORK_PANELS
     from moesim.report.training_figures import TRAINING_PANELS
 
-    return PANELS + MOE_PANELS + TRAINING_PANELS
+    return PANELS + MOE_PANELS + NETWORK_PANELS + TRAINING_PANELS
 
 
 def build_figures(result: RunResult) -> dict[str, go.Figure]:

@@ -196,3 +196,18 @@ def test_report_of_a_real_run_renders_in_browser(case: str, tmp_path: Path) -> N
     assert ({"imbalance_before_after", "placement_map", "rank_load_timeline"} <= set(found)) == moe
     assert ("migrations" in found) == (case == "olmoe-eplb-replan")
     assert all(c == {"plot-container", "main-svg"} for c in found.values()), found
+
+
+def test_network_panels_render_for_a_flow_run(tmp_path: Path) -> None:
+    """A flow-model run shows link utilisation by tier and the busiest links."""
+    from moesim.config.load import load_scenario
+    from moesim.engine.run import run
+
+    result = run(load_scenario("default", ["workload.duration_s=6", "hardware.network.model=flow"]))
+    page = tmp_path / "report.html"
+    page.write_text(instrument(render_html(result)), encoding="utf-8")
+    dom, stderr = run_chromium(page, tmp_path)
+    assert console_errors(stderr) == []
+    found = rendered_figures(dom)
+    assert {"link_utilisation", "busiest_links"} <= set(found)
+    assert found["link_utilisation"] == {"plot-container", "main-svg"}
