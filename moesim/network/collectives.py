@@ -375,6 +375,20 @@ def _fastest(protocols: tuple[Protocol, ...], cost: Any, peer_bytes: ArrayLike |
     return reduce(np.minimum, (one(p) for p in protocols))
 
 
+def check_group(topology: Any, group: tuple[int, ...]) -> tuple[int, ...]:
+    """``group`` as a tuple of ints; ValueError if empty, repeated or outside ``topology``."""
+    g = tuple(int(x) for x in group)
+    if not g:
+        raise ValueError("a collective needs a non-empty group of GPU indices")
+    if len(set(g)) != len(g):
+        raise ValueError(f"group {g} lists a GPU more than once")
+    bad = [x for x in g if not 0 <= x < topology.n_gpus]
+    if bad:
+        raise ValueError(f"group {g}: GPUs {bad} are not in topology {topology.name!r} "
+                         f"with {topology.n_gpus} GPUs")
+    return g
+
+
 class SimpleCollectives:
     """``CollectiveCost`` from closed forms on the topology's pair bottlenecks (see module doc).
 
@@ -421,16 +435,7 @@ class SimpleCollectives:
 
     # ----------------------------------------------------------------- group properties
     def _check(self, group: tuple[int, ...]) -> tuple[int, ...]:
-        g = tuple(int(x) for x in group)
-        if not g:
-            raise ValueError("a collective needs a non-empty group of GPU indices")
-        if len(set(g)) != len(g):
-            raise ValueError(f"group {g} lists a GPU more than once")
-        bad = [x for x in g if not 0 <= x < self.topology.n_gpus]
-        if bad:
-            raise ValueError(f"group {g}: GPUs {bad} are not in topology {self.topology.name!r} "
-                             f"with {self.topology.n_gpus} GPUs")
-        return g
+        return check_group(self.topology, group)
 
     def _pair_bw(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """Bottleneck x efficiency (intra- or inter-host) of GPU pairs (broadcast)."""

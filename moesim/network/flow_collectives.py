@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moesim.network.collectives import (ALL_REDUCE_ALGORITHMS, ALL_TO_ALL_ALGORITHMS, Protocol, Rails, Seconds,
+from moesim.network.collectives import (ALL_REDUCE_ALGORITHMS, check_group, ALL_TO_ALL_ALGORITHMS, Protocol, Rails, Seconds,
                                         _bulk, _fastest, _protocols, double_binary_tree, hierarchical_legs,
                                         nccl_calibration, tree_unit_bytes)
 from moesim.network.flows import FlowNetwork, Profile
@@ -135,16 +135,7 @@ class FlowCollectives:
         return cls(topology, **{**nccl_calibration(gpu or topology.gpu).kwargs(), **overrides})
 
     def _check(self, group: tuple[int, ...]) -> tuple[int, ...]:
-        g = tuple(int(x) for x in group)
-        if not g:
-            raise ValueError("a collective needs a non-empty group of GPU indices")
-        if len(set(g)) != len(g):
-            raise ValueError(f"group {g} lists a GPU more than once")
-        bad = [x for x in g if not 0 <= x < self.topology.n_gpus]
-        if bad:
-            raise ValueError(f"group {g}: GPUs {bad} are not in topology {self.topology.name!r} "
-                             f"with {self.topology.n_gpus} GPUs")
-        return g
+        return check_group(self.topology, group)
 
     def _one_host(self, group: tuple[int, ...]) -> bool:
         return len(set(np.asarray(self.topology.node_of)[list(group)].tolist())) == 1
