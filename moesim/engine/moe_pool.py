@@ -195,8 +195,9 @@ class MoeStats:
         self.peak_act_bytes = 0.0
         self.passes = 0
         self._shape = (n_layers, n_experts, n_ranks)
-        self._uses: dict[int, tuple[MoePool, np.ndarray]] = {}
-        self._window: dict[int, tuple[MoePool, np.ndarray]] = {}
+        # id(pool) -> (pool, uses [S], window uses [S], rank load per draw [S, P] summed over layers,
+        #              largest per-GPU activation per draw [S], any draw over HBM)
+        self._uses: dict[int, tuple[MoePool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]] = {}
         self._folded = {"counts": 0, "rank_load": 0, "dropped": 0, "moved_bytes": 0.0}
         self._folded_window: np.ndarray | int = 0
 
@@ -208,60 +209,72 @@ class MoeStats:
             for field in self._folded:
                 self._folded[field] = self._folded[field] + np.tensordot(uses, getattr(pool, field), axes=1)
             self._folded_window = self._folded_window + np.tensordot(uses, pool.counts, axes=1)
-        for book in (() if pool.transient else (self._uses, self._window)):
-            entry = book.get(id(pool))
-            if entry is None:
-                entry = book[id(pool)] = (pool, np.zeros(pool.time_s.size, np.int64))
+        entry = self._uses.get(id(pool))
+        if entry is None:
+            n = pool.time_s.size
+            entry = (pool, np.zeros(n, np.int64), np.zeros(n, np.int64), pool.rank_load.sum(axis=1),
+                     pool.peak_act_bytes.max(axis=-1) if pool.peak_act_bytes.size else np.zeros(n),
+                     bool(pool.oom.any()))
+            if not pool.transient:
+                self._uses[id(pool)] = entry
+        _, uses, window, rank_per_draw, peak_per_draw, any_oom = entry
+        if not pool.transient:
             if idx.size == 1:
-                entry[1][idx[0]] += 1
+                uses[idx[0]] += 1
+                window[idx[0]] += 1
             else:
-                entry[1][:] += np.bincount(idx, minlength=pool.time_s.size)
-        per_pass = pool.rank_load.sum(axis=1) if idx.size > 1 else pool.rank_load[idx[0]].sum(axis=0)
+                counts = np.bincount(idx, minlength=uses.size)
+                uses += counts
+                window += counts
         last = int(start_s[-1] // self.bin_s)
         if last >= self.rank_bins.shape[0]:
             grow = np.zeros((last + 65 - self.rank_bins.shape[0], self.rank_bins.shape[1]), np.int64)
             self.rank_bins = np.concatenate([self.rank_bins, grow])
         if idx.size == 1:
-            self.rank_bins[last] += per_pass
+            self.rank_bins[last] += rank_per_draw[idx[0]]
         else:
-            np.add.at(self.rank_bins, (start_s // self.bin_s).astype(np.int64), per_pass[idx])
-        oom = pool.oom[idx]
-        if oom.any():
-            self.oom_passes += int(oom.sum())
-            if self.first_oom_s is None:
-                self.first_oom_s = float(start_s[np.argmax(oom)])
-        self.peak_act_bytes = max(self.peak_act_bytes, float(pool.peak_act_bytes[idx].max()))
+            np.add.at(self.rank_bins, (start_s // self.bin_s).astype(np.int64), rank_per_draw[idx])
+        if any_oom:
+            oom = pool.oom[idx]
+            if oom.any():
+                self.oom_passes += int(oom.sum())
+                if self.first_oom_s is None:
+                    self.first_oom_s = float(start_s[np.argmax(oom)])
+        peak = float(peak_per_draw[idx[0]]) if idx.size == 1 else float(peak_per_draw[idx].max())
+        if peak > self.peak_act_bytes:
+            self.peak_act_bytes = peak
         self.passes += int(idx.size)
         return pool.imbalance[idx], pool.comm_s[idx]
 
-    @staticmethod
-    def _total(book: dict[int, tuple[MoePool, np.ndarray]], field: str, shape: tuple[int, ...],
-               folded: np.ndarray | float) -> np.ndarray:
+    def _total(self, field: str, shape: tuple[int, ...], folded: np.ndarray | float, *,
+               window: bool = False) -> np.ndarray:
         out = np.zeros(shape, np.int64 if field != "moved_bytes" else np.float64) + folded
-        for pool, uses in book.values():
-            out = out + np.tensordot(uses, getattr(pool, field), axes=1)
+        for pool, uses, window_uses, *_ in self._uses.values():
+            out = out + np.tensordot(window_uses if window else uses, getattr(pool, field), axes=1)
         return out
 
     @property
     def expert_load(self) -> np.ndarray:
-        return self._total(self._uses, "counts", self._shape[:2], self._folded["counts"])
+        return self._total("counts", self._shape[:2], self._folded["counts"])
 
     @property
     def window_load(self) -> np.ndarray:
-        return self._total(self._window, "counts", self._shape[:2], self._folded_window)
+        return self._total("counts", self._shape[:2], self._folded_window, window=True)
 
     def reset_window(self) -> None:
         """Start a new observation window (after a re-plan)."""
-        self._window, self._folded_window = {}, 0
+        for entry in self._uses.values():
+            entry[2][:] = 0
+        self._folded_window = 0
 
     @property
     def rank_load(self) -> np.ndarray:
-        return self._total(self._uses, "rank_load", (self._shape[0], self._shape[2]), self._folded["rank_load"])
+        return self._total("rank_load", (self._shape[0], self._shape[2]), self._folded["rank_load"])
 
     @property
     def dropped(self) -> int:
-        return int(self._total(self._uses, "dropped", (), self._folded["dropped"]))
+        return int(self._total("dropped", (), self._folded["dropped"]))
 
     @property
     def moved_bytes(self) -> float:
-        return float(self._total(self._uses, "moved_bytes", (), self._folded["moved_bytes"]))
+        return float(self._total("moved_bytes", (), self._folded["moved_bytes"]))

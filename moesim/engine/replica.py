@@ -315,10 +315,15 @@ class Replica:
             if self.pcm.link_map is not None:  # a faulted network: count on the first network's links
                 links = np.bincount(self.pcm.link_map, weights=links, minlength=self.links.total.size)
             self.links.record(links, ends - durs)
-        self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
-                        prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
-                        kv_blocks=kv, tokens=np.full(k, tokens), sample=idx, imbalance=imbalance,
-                        moe_comm_s=comm, comm_s=np.broadcast_to(comm_s, (k,)))
+        if k == 1:  # the common event: one row, no temporary arrays
+            self.passes.add_row((float(ends[0] - durs[0]), float(durs[0]), n_dec + len(plan.prefill), pre_tokens,
+                                 n_dec, float(kv[0]), tokens, float(idx[0]), float(imbalance[0]), float(comm[0]),
+                                 float(np.asarray(comm_s).reshape(-1)[0])))
+        else:
+            self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
+                            prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
+                            kv_blocks=kv, tokens=np.full(k, tokens), sample=idx, imbalance=imbalance,
+                            moe_comm_s=comm, comm_s=np.broadcast_to(comm_s, (k,)))
         now = float(ends[-1])
         gen = self.log.generated
         for s in plan.decode:

@@ -42,6 +42,13 @@ class PassLog:
                 self._chunks[f].append(np.asarray(columns[f], dtype=np.float64))
         self.passes += n
 
+    def add_row(self, row: tuple[float, ...]) -> None:
+        """Append one row, its values in ``PASS_FIELDS`` order."""
+        self._rows.append(row)
+        self.passes += 1
+        if len(self._rows) >= 65536:
+            self._pack()
+
     def _pack(self) -> None:
         if self._rows:
             block = np.array(self._rows, dtype=np.float64)
