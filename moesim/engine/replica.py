@@ -246,8 +246,9 @@ class Replica:
             first = self.passes.passes
             idx = self.sampler.indices(first, k)
             durs = self.pcm.pass_times(groups, k, idx)
+            traffic = self.pcm.traffic(groups, idx)     # read once: contention and commit both use it
             if self.shared is not None:
-                durs = self._contend(groups, idx, durs)
+                durs = self._contend(traffic, durs)
             ends = np.cumsum(np.concatenate(([self.clock], durs)))[1:]
             if k > 1:
                 k = self._cap_at_boundaries(ends, durs, k)
@@ -263,12 +264,12 @@ class Replica:
                     self.events += 1
                     yield env.timeout(max(0.0, ends[k - 1] - env.now))
             self.clock = float(ends[k - 1])
-            self._commit(plan, groups, k, durs[:k], ends[:k], idx[:k])
+            self._commit(plan, k, durs[:k], ends[:k], idx[:k], traffic)
 
-    def _contend(self, groups: list[GroupBatch], idx: np.ndarray, durs: np.ndarray) -> np.ndarray:
+    def _contend(self, traffic: tuple[np.ndarray, np.ndarray | None], durs: np.ndarray) -> np.ndarray:
         """Stretch this pass's communication by the traffic other replicas have in flight on shared
         links, and register this pass's own traffic until it commits."""
-        comm, links = self.pcm.traffic(groups, idx)
+        comm, links = traffic
         if links is None or not links.any():
             return durs
         self._stretch = self.shared.slowdown(self.index, links)
@@ -289,8 +290,8 @@ class Replica:
             k = max(1, int(np.searchsorted(starts[:k], upcoming[0], side="left")))
         return k
 
-    def _commit(self, plan: Plan, groups: list[GroupBatch], k: int, durs: np.ndarray, ends: np.ndarray,
-                idx: np.ndarray) -> None:
+    def _commit(self, plan: Plan, k: int, durs: np.ndarray, ends: np.ndarray, idx: np.ndarray,
+                traffic: tuple[np.ndarray, np.ndarray | None]) -> None:
         n_dec = len(plan.decode)
         pre_tokens = sum(c for _, c in plan.prefill)
         tokens = n_dec + pre_tokens
@@ -307,7 +308,7 @@ class Replica:
             imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx, ends - durs)
         else:
             imbalance, comm = np.ones(k), np.zeros(k)
-        comm_s, links = self.pcm.traffic(groups, idx)
+        comm_s, links = traffic[0][:k], traffic[1]
         if self.shared is not None:
             self.shared.end(self.index)
             comm_s, self._stretch = comm_s * self._stretch, 1.0

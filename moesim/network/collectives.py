@@ -389,6 +389,15 @@ def check_group(topology: Any, group: tuple[int, ...]) -> tuple[int, ...]:
     return g
 
 
+def all_reduce_args(coll: Any, group: tuple[int, ...], nbytes: ArrayLike,
+                    algorithm: str | None) -> tuple[str, tuple[int, ...], np.ndarray]:
+    """``(algorithm, checked group, bytes array)`` of an all-reduce call on ``coll`` (either model)."""
+    algo = coll.all_reduce_algorithm if algorithm is None else algorithm
+    if algo not in ALL_REDUCE_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALL_REDUCE_ALGORITHMS}, got {algo!r}")
+    return algo, check_group(coll.topology, group), _as_bytes(nbytes)
+
+
 class SimpleCollectives:
     """``CollectiveCost`` from closed forms on the topology's pair bottlenecks (see module doc).
 
@@ -486,11 +495,8 @@ class SimpleCollectives:
     def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike, algorithm: str | None = None) -> Seconds:
         """All-reduce of ``nbytes`` per rank with ``algorithm`` (default ``all_reduce_algorithm``),
         same shape as ``nbytes``."""
-        algo = self.all_reduce_algorithm if algorithm is None else algorithm
-        if algo not in ALL_REDUCE_ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALL_REDUCE_ALGORITHMS}, got {algo!r}")
-        g = self._check(group)
-        s, n = _as_bytes(nbytes), len(g)
+        algo, g, s = all_reduce_args(self, group, nbytes, algorithm)
+        n = len(g)
         if n == 1:
             return _out(np.zeros_like(s))
         if algo == "ring":

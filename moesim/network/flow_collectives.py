@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moesim.network.collectives import (ALL_REDUCE_ALGORITHMS, check_group, ALL_TO_ALL_ALGORITHMS, Protocol, Rails, Seconds,
+from moesim.network.collectives import (ALL_REDUCE_ALGORITHMS, all_reduce_args, check_group, ALL_TO_ALL_ALGORITHMS, Protocol, Rails, Seconds,
                                         _bulk, _fastest, _protocols, double_binary_tree, hierarchical_legs,
                                         nccl_calibration, tree_unit_bytes)
 from moesim.network.flows import FlowNetwork, Profile
@@ -182,11 +182,8 @@ class FlowCollectives:
     def all_reduce_s(self, group: tuple[int, ...], nbytes: ArrayLike, algorithm: str | None = None) -> Seconds:
         """All-reduce of an ``nbytes`` buffer per rank with ``algorithm`` (default
         ``all_reduce_algorithm``; see the module doc)."""
-        algo = self.all_reduce_algorithm if algorithm is None else algorithm
-        if algo not in ALL_REDUCE_ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALL_REDUCE_ALGORITHMS}, got {algo!r}")
-        g = self._check(group)
-        s, n = _as_bytes(nbytes), len(g)
+        algo, g, s = all_reduce_args(self, group, nbytes, algorithm)
+        n = len(g)
         if n == 1:
             return _out(np.zeros_like(s))
         if algo == "tree":
