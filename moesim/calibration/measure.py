@@ -318,9 +318,8 @@ Task = tuple[str, str, Callable[[], dict[str, Any]]]
 """(op, unique key, measure -> row)."""
 
 
-def _gemm_tasks(torch: Any, plan: Plan, timer: Timer, device: str) -> Iterator[Task]:
-    dtypes = [d for d in plan.gemm_dtypes if d != "fp8" or _fp8_ok(torch, device)]
-    for dt in dtypes:
+def _gemm_tasks(torch: Any, plan: Plan, timer: Timer, device: str, dtypes: list[str]) -> Iterator[Task]:
+    for dt in [d for d in dtypes if d in plan.gemm_dtypes and (d != "fp8" or _fp8_ok(torch, device))]:
         for k in plan.gemm_k:
             for n in plan.gemm_n:
                 for m in plan.gemm_m:
@@ -596,9 +595,12 @@ def _partial_path(out: Path) -> Path:
 
 
 def measure(settings: Settings, *, out: Path, resume: bool = False, stream: TextIO | None = None,
-            ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+            budget_s: float | None = None) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     """Run every point of the plan (skipping those in the partial file when resuming).
 
+    ``budget_s``: stop taking new points after this many seconds of wall time; the points left are
+    listed as skipped (``time budget``) and ``--resume`` measures them later. The order puts what a
+    serving pass needs first (host, memory, bf16 GEMM, grouped experts, attention) and fp8 GEMMs last.
     Returns the raw samples by op and the keys of points that could not be measured here.
     """
     torch = import_torch()
@@ -610,8 +612,9 @@ def measure(settings: Settings, *, out: Path, resume: bool = False, stream: Text
     torch.manual_seed(0)
     impl = grouped_impl(torch, settings.device, torch.bfloat16)
     tasks = [*_host_tasks(torch, timer, settings.device), *_memory_tasks(torch, plan, timer, settings.device),
-             *_gemm_tasks(torch, plan, timer, settings.device), *_grouped_tasks(torch, plan, timer, settings.device, impl),
-             *_attn_tasks(torch, plan, timer, settings.device)]
+             *_gemm_tasks(torch, plan, timer, settings.device, ["bf16"]),
+             *_grouped_tasks(torch, plan, timer, settings.device, impl), *_attn_tasks(torch, plan, timer, settings.device),
+             *_gemm_tasks(torch, plan, timer, settings.device, ["fp8"])]
     partial = _partial_path(out)
     done: dict[str, Any] = {}
     key = asdict(settings)
@@ -623,8 +626,12 @@ def measure(settings: Settings, *, out: Path, resume: bool = False, stream: Text
                               "rerun without --resume or with the same options", field="--resume")
         done = state["done"]
     bar = _Progress(len(tasks), stream or sys.stderr)
-    last_save = time.perf_counter()
+    t0 = last_save = time.perf_counter()
+    out_of_time: list[str] = []
     for i, (op, tkey, run) in enumerate(tasks):
+        if tkey not in done and budget_s is not None and time.perf_counter() - t0 > budget_s:
+            out_of_time.append(tkey)
+            continue
         if tkey not in done:
             done[tkey] = {"op": op, "row": _attempt(torch, run, tkey)}
             if time.perf_counter() - last_save > 2.0 or i == len(tasks) - 1:
@@ -637,6 +644,11 @@ def measure(settings: Settings, *, out: Path, resume: bool = False, stream: Text
         if "skipped" not in t["row"]:
             samples.setdefault(t["op"], []).append(t["row"])
     skipped = sorted(k for k, t in done.items() if "skipped" in t["row"])
+    if out_of_time:
+        partial.write_text(json.dumps({"settings": key, "done": done}))
+        (stream or sys.stderr).write(f"  time budget of {budget_s:g} s spent: {len(out_of_time)} points not measured "
+                                     f"(--resume measures them)\n")
+        skipped += [f"{k} (time budget)" for k in out_of_time]
     if skipped:
         (stream or sys.stderr).write(f"  {len(skipped)} points skipped (out of memory or unsupported), e.g. "
                                      f"{', '.join(skipped[:3])}\n")
@@ -657,8 +669,9 @@ def _attempt(torch: Any, run: Callable[[], dict[str, Any]], key: str) -> dict[st
 
 def calibrate(out: str | Path, *, device: str = "cuda", quick: bool = False, resume: bool = False,
               models: tuple[str, ...] | None = None, command: str = "", stream: TextIO | None = None,
-              repeats: int | None = None) -> Profile:
-    """Measure, fit and write a profile to ``out``; removes the partial file once written."""
+              repeats: int | None = None, budget_s: float | None = None) -> Profile:
+    """Measure, fit and write a profile to ``out``; removes the partial file once every point is in
+    (with ``budget_s`` left over, it stays for ``--resume``)."""
     out = Path(out)
     if models is None:
         models = ("tiny",) if device == "cpu" else ("olmoe-1b-7b", "qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3")
@@ -666,7 +679,7 @@ def calibrate(out: str | Path, *, device: str = "cuda", quick: bool = False, res
                         repeats=repeats or (7 if quick else 15), warmup=2 if quick else 3)
     torch = import_torch()
     with cpu_threads(torch, device):
-        samples, skipped = measure(settings, out=out, resume=resume, stream=stream)
+        samples, skipped = measure(settings, out=out, resume=resume, stream=stream, budget_s=budget_s)
         prov = provenance(torch, device, command or f"moesim calibrate --out {out} --device {device}"
                           + (" --quick" if quick else ""))
     prov["grouped_impl"] = sorted({r.get("impl", "") for r in samples.get("grouped_ffn", [])})
@@ -674,5 +687,6 @@ def calibrate(out: str | Path, *, device: str = "cuda", quick: bool = False, res
     prov["skipped_points"] = skipped
     data = fit_profile(samples, provenance=prov, settings={**asdict(settings), "models": list(settings.models)})
     prof = write_profile(data, out)
-    _partial_path(out).unlink(missing_ok=True)
+    if not any(k.endswith("(time budget)") for k in skipped):
+        _partial_path(out).unlink(missing_ok=True)
     return prof

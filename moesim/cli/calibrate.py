@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     c.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if torch sees one, else cpu")
     c.add_argument("--quick", action="store_true", help="coarser grids and fewer repetitions")
     c.add_argument("--resume", action="store_true", help="continue from <out>.partial.json")
+    c.add_argument("--budget-s", type=float, default=None, metavar="S",
+                   help="stop measuring after S seconds, fit what was measured and keep the rest for --resume")
     c.add_argument("--model", action="append", metavar="PRESET",
                    help="model whose expert / attention shapes to measure (repeatable; 'tiny' on CPU)")
     c.add_argument("--scale", default="auto", help=SCALE_HELP)
@@ -83,7 +85,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from moesim.calibration.reference import scaled_name
     device = args.device or _default_device()
     models = tuple(scaled_name(m, device, args.scale) for m in args.model) if args.model else None
-    prof = calibrate(args.out, device=device, quick=args.quick, resume=args.resume, models=models, command=_argv())
+    if args.budget_s is not None and args.budget_s <= 0:
+        raise ConfigError(f"must be > 0 seconds, got {args.budget_s}", field="--budget-s")
+    prof = calibrate(args.out, device=device, quick=args.quick, resume=args.resume, models=models, command=_argv(),
+                     budget_s=args.budget_s)
     n = {op: len(rows) for op, rows in prof.samples.items()}
     print(f"wrote {args.out}: {prof.describe()}")
     print("  samples: " + ", ".join(f"{op} {k}" for op, k in n.items()))

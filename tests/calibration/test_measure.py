@@ -47,6 +47,16 @@ def test_resume_skips_finished_points(tmp_path: Path, monkeypatch: pytest.Monkey
         measure.measure(other, out=out, resume=True, stream=io.StringIO())
 
 
+def test_time_budget_stops_early_and_resume_finishes(tmp_path: Path) -> None:
+    settings = measure.Settings(device="cpu", quick=True, repeats=2, warmup=1, models=("tiny",))
+    out = tmp_path / "p.json"
+    samples, skipped = measure.measure(settings, out=out, stream=io.StringIO(), budget_s=1e-9)
+    assert samples == {} and skipped and all(k.endswith("(time budget)") for k in skipped)
+    assert Path(str(out) + ".partial.json").is_file()
+    full, rest = measure.measure(settings, out=out, resume=True, stream=io.StringIO())
+    assert rest == [] and sum(len(r) for r in full.values()) == len(skipped)
+
+
 def test_timer_reports_median_and_spread() -> None:
     timer = measure.Timer(torch, measure.Settings(device="cpu", repeats=5, warmup=1, min_rep_s=1e-4))
     x = torch.randn(32, 32)
