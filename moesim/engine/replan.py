@@ -3,14 +3,17 @@
 Every ``interval_s`` the replica turns the expert loads it routed since the last plan into
 per-layer shares, folds them into an exponential moving average, and runs the placement policy.
 The new plan goes into force ``delay_s`` later (the statistics it used are that stale by then):
-the replica pauses while the expert weights that changed rank are copied (one batch of
-transfers over the replica's GPUs, costed by the collective model), then uses the new placement.
+the replica pauses while the expert weights that changed rank are copied, then uses the new
+placement. With the flow network model the copies are DES flows (``LiveFlows``): they share links
+max-min fairly with whatever else is in flight (another replica's migration over the same spine),
+and the pause lasts until the last byte lands; otherwise one batch of transfers over the replica's
+GPUs is costed by the collective model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -18,6 +21,11 @@ from moesim.engine.moe_layer import MoeShape
 from moesim.engine.moe_pool import MoeRuntime, MoeStats
 from moesim.network.collectives import CollectiveCost
 from moesim.policies.placement import Placement
+
+if TYPE_CHECKING:
+    import simpy
+
+    from moesim.engine.live_flows import LiveFlows
 
 __all__ = ["Migration", "Replanner", "migration_bytes"]
 
@@ -61,12 +69,15 @@ class Replanner:
     planner: Callable[[np.ndarray], Placement]
     moe: MoeRuntime
     collectives: CollectiveCost
+    live: LiveFlows | None = None
+    """Run migrations as DES flows on this network (None: cost them with ``collectives``)."""
     plan_due_s: float = field(init=False)
     next_due_s: float = field(init=False)
     migrations: list[Migration] = field(default_factory=list)
     replans: int = 0
     _ema: np.ndarray | None = None
     _pending: list[tuple[float, Placement]] = field(default_factory=list)
+    _in_flight: list[tuple[int, simpy.Event]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.plan_due_s = self.next_due_s = self.interval_s
@@ -106,10 +117,29 @@ class Replanner:
         self.replans += 1
         return self.planner(self._ema)
 
+    def in_flight(self) -> list[simpy.Event]:
+        """Events of the migrations started as DES flows and not yet settled (wait for them all,
+        then call ``settle``)."""
+        return [ev for _, ev in self._in_flight]
+
+    def settle(self, now_s: float) -> None:
+        """The in-flight migrations have landed at ``now_s``: record their pauses."""
+        for i, _ in self._in_flight:
+            m = self.migrations[i]
+            self.migrations[i] = replace(m, pause_s=now_s - m.time_s)
+        self._in_flight = []
+
     def _migrate(self, now_s: float, placement: Placement) -> float:
         pairs = migration_bytes(self.moe.placement, placement, self.moe.shape)
         total = float(pairs.sum())
-        pause = float(self.collectives.all_to_all_s(self.moe.shape.gpus, pairs)) if total > 0 else 0.0
+        pause = 0.0
+        if total > 0 and self.live is not None:
+            g = np.asarray(self.moe.shape.gpus, np.int64)
+            src, dst = np.nonzero(pairs)
+            ev = self.live.start(g[src], g[dst], pairs[src, dst], kind="migration")
+            self._in_flight.append((len(self.migrations), ev))
+        elif total > 0:
+            pause = float(self.collectives.all_to_all_s(self.moe.shape.gpus, pairs))
         self.moe.set_placement(placement)
         self.migrations.append(Migration(now_s, total, pause))
         return pause

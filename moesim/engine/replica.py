@@ -240,6 +240,12 @@ class Replica:
                     self.events += 1
                     self.clock += pause
                     yield env.timeout(max(0.0, self.clock - env.now))
+                landing = self.replanner.in_flight()
+                if landing:  # weights copied as DES flows: pause until the last byte lands
+                    self.events += 1
+                    yield env.all_of(landing)
+                    self.replanner.settle(env.now)
+                    self.clock = max(self.clock, env.now)
             plan = self.schedule()
             k = self._run_length(plan)
             groups = self._groups(plan)

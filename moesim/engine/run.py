@@ -17,11 +17,12 @@ from moesim.core.rng import RngStreams
 from moesim.engine.build import Deployment, build_collectives, build_deployment
 from moesim.engine.moe_setup import build_moe_runtime, plan_placement
 from moesim.engine.moe_summary import moe_outcome
+from moesim.engine.live_flows import LiveFlows
 from moesim.engine.replan import Replanner
 from moesim.engine.pass_time import PassCostModel
 from moesim.engine.replica import Replica
 from moesim.engine.sampler import PassSampler
-from moesim.engine.traffic import SharedLinks, link_tables
+from moesim.engine.traffic import LinkStats, SharedLinks, link_tables
 from moesim.hardware.calibrated import CalibratedCost
 from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
 from moesim.metrics.result import RunResult
@@ -78,20 +79,21 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     net = getattr(d.collectives, "network", None)
     shared = (SharedLinks(net, d.replica_gpus)
               if net is not None and dep.replicas > 1 and scenario.hardware.network.contention else None)
+    live = LiveFlows(env, net) if net is not None else None
     replicas = [
         Replica(index=i, env=env, cfg=sched, pcm=pcms[i],
                 sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
                 requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
                 fast_forward=scenario.engine.fast_forward, horizon_s=scenario.engine.horizon_s,
-                replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i]),
+                replanner=_replanner(scenario, d, pcms[i], d.replica_gpus[i], live),
                 timeseries_bin_s=scenario.engine.timeseries_bin_s, shared=shared)
         for i in range(dep.replicas)
     ]
     if d.faults:
         for r in replicas:
             r.fault_times = tuple(t for t, _ in d.faults)
-        env.process(_apply_faults(env, scenario, d, pcms, replicas))
+        env.process(_apply_faults(env, scenario, d, pcms, replicas, live))
     router = ROUTERS.build(scenario.router.kind)
     env.process(_arrivals(env, req.arrival_s, replicas, router))
     _advance(env, scenario.engine.horizon_s, float(req.arrival_s[-1]) if len(req) else 0.0, progress)
@@ -106,6 +108,14 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     summary["comm_fraction"] = (float(sum(p.column("comm_s").sum() for p in pass_logs)) / busy) if busy else None
     links = links_ts = None
     stats = [r.links for r in replicas if r.links is not None]
+    if live is not None and live.transfers and stats:
+        flows = LinkStats(net.tier, bin_s=scenario.engine.timeseries_bin_s)
+        for rec in live.transfers:
+            if rec.link_bytes is not None:
+                flows.record(rec.link_bytes, np.array([rec.start_s]))
+        stats.append(flows)
+        summary["flow_transfers"] = len(live.transfers)
+        summary["flow_rate_solves"] = live.solves
     if stats:
         links, links_ts, link_summary = link_tables(stats, d.collectives.network, sim_time_s=sim_time)
         summary.update(link_summary)
@@ -164,17 +174,18 @@ def calibration_summary(cost: CalibratedCost, summary: dict[str, object]) -> dic
     return out
 
 
-def _replanner(scenario: Scenario, d: Deployment, pcm: PassCostModel, gpus: tuple[int, ...]) -> Replanner | None:
+def _replanner(scenario: Scenario, d: Deployment, pcm: PassCostModel, gpus: tuple[int, ...],
+               live: LiveFlows | None) -> Replanner | None:
     pc = scenario.placement
     if pc.replan_interval_s is None or pcm.moe is None:
         return None
     return Replanner(interval_s=pc.replan_interval_s, delay_s=pc.replan_delay_s, ema_decay=pc.ema_decay,
                      planner=lambda load: plan_placement(scenario, d, gpus, load), moe=pcm.moe,
-                     collectives=d.collectives)
+                     collectives=d.collectives, live=live)
 
 
 def _apply_faults(env: simpy.Environment, scenario: Scenario, d: Deployment, pcms: list[PassCostModel],
-                  replicas: list[Replica]):  # noqa: ANN202 - SimPy process
+                  replicas: list[Replica], live: LiveFlows | None):  # noqa: ANN202 - SimPy process
     """Process: at each fault time, cost communication on the faulted topology from then on."""
     base = getattr(d.collectives, "network", None)
     index = {e: i for i, e in enumerate(base.router.edges)} if base is not None else {}
@@ -186,6 +197,8 @@ def _apply_faults(env: simpy.Environment, scenario: Scenario, d: Deployment, pcm
         link_map = np.array([index[e] for e in net.router.edges]) if net is not None and index else None
         for pcm in {id(p): p for p in pcms}.values():
             pcm.use_collectives(coll, link_map)
+        if live is not None and net is not None:
+            live.reroute(net, link_map)
         if net is not None and len(replicas) > 1 and scenario.hardware.network.contention:
             shared = SharedLinks(net, d.replica_gpus)
             for r in replicas:

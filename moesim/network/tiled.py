@@ -14,6 +14,12 @@ The result has the attributes ``SimpleCollectives`` uses (``name``, ``gpu``, ``n
 ``graph`` is the two-host graph, so flow-level models that route on the graph need the full
 ``Topology``.
 
+Tiling is exact only where every pair of hosts is alike: fabrics ``none``, ``single_switch`` and
+``rail_optimized``. Under a ``leaf_spine`` or ``fat_tree`` fabric two hosts may share a leaf or sit
+under different leaves / pods (more hops, more latency), so ``fast_topology`` builds the full
+``Topology`` for them (its pair matrices are lazy above 1,024 GPUs: 0.04 s for 2,048 H800) and wraps
+it in the same ``TiledTopology`` interface.
+
 ``degrade_nodes`` returns a copy whose inter-host pairs touching given hosts are capped at a
 fraction of the NIC bandwidth (a degraded NIC or cable; used by the training straggler model).
 """
@@ -25,7 +31,10 @@ import numpy as np
 from moesim.config.topology import TopologySpec
 from moesim.network.topology import Topology
 
-__all__ = ["PairMatrix", "TiledTopology", "fast_topology", "tiled_topology"]
+__all__ = ["CappedPairs", "PairMatrix", "TiledTopology", "fast_topology", "tiled_topology"]
+
+TILEABLE_FABRICS = ("none", "single_switch", "rail_optimized")
+"""Fabrics under which every pair of hosts is alike, so that two hosts tile exactly."""
 
 
 class PairMatrix:
@@ -64,6 +73,28 @@ class PairMatrix:
         return full if dtype is None else full.astype(dtype)
 
 
+class CappedPairs:
+    """Any ``[G, G]`` pair matrix (indexable like numpy) with its inter-host pairs that touch a
+    ``degraded`` host capped at ``cap`` (bytes/s); indexing and ``np.asarray`` as ``PairMatrix``."""
+
+    def __init__(self, base: object, node_of: np.ndarray, degraded: np.ndarray, cap: float) -> None:
+        self.base, self.node_of, self.degraded, self.cap = base, np.asarray(node_of), degraded, cap
+        self.shape = (self.node_of.size, self.node_of.size)
+        self.ndim = 2
+
+    def __getitem__(self, key: tuple[object, object]) -> np.ndarray:
+        rows, cols = (np.asarray(k, dtype=np.int64) for k in key)
+        out = np.asarray(self.base[rows, cols], dtype=np.float64)  # type: ignore[index]
+        ni, nj = self.node_of[rows], self.node_of[cols]
+        touch = (ni != nj) & (self.degraded[ni] | self.degraded[nj])
+        return np.where(touch, np.minimum(out, self.cap), out)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        idx = np.arange(self.shape[0])
+        full = self[idx[:, None], idx[None, :]]
+        return full if dtype is None else full.astype(dtype)
+
+
 class TiledTopology:
     """GPU-pair bottleneck / latency matrices of a homogeneous cluster (see the module doc).
 
@@ -73,11 +104,12 @@ class TiledTopology:
         bottleneck_bytes_per_s, latency_s: ``PairMatrix`` ``[G, G]`` (inf / 0 on the diagonal),
             computed on indexing (no G x G array is built).
         nic_bytes_per_s: one NIC's bandwidth (0 without a fabric).
-        graph: the two-host graph the matrices are tiled from.
+        graph: the two-host graph the matrices are tiled from (a wrapped full ``Topology``'s graph,
+            built on first use, for leaf-spine / fat-tree fabrics).
     """
 
-    def __init__(self, *, name: str, gpu: str, gpus_per_node: int, n_nodes: int, bottleneck: PairMatrix,
-                 latency: PairMatrix, nic_bytes_per_s: float, graph: object) -> None:
+    def __init__(self, *, name: str, gpu: str, gpus_per_node: int, n_nodes: int, bottleneck: object,
+                 latency: object, nic_bytes_per_s: float, graph: object) -> None:
         self.name, self.gpu = name, gpu
         self.gpus_per_node = gpus_per_node
         self.n_gpus = gpus_per_node * n_nodes
@@ -86,7 +118,12 @@ class TiledTopology:
         self.bottleneck_bytes_per_s = bottleneck
         self.latency_s = latency
         self.nic_bytes_per_s = nic_bytes_per_s
-        self.graph = graph
+        self._graph = graph
+
+    @property
+    def graph(self) -> object:
+        """The graph the matrices come from: the two-host graph, or the wrapped full topology's."""
+        return self._graph.graph if isinstance(self._graph, Topology) else self._graph
 
     @property
     def n_nodes(self) -> int:
@@ -101,11 +138,15 @@ class TiledTopology:
         bad = np.zeros(self.n_nodes, bool)
         bad[np.asarray(nodes, dtype=np.int64)] = True
         old = self.bottleneck_bytes_per_s
-        bw = PairMatrix(old.block, gpus_per_node=old.g, n_gpus=old.n_gpus, diagonal=old.diagonal,
-                        degraded=bad, cap=factor * self.nic_bytes_per_s)
+        cap = factor * self.nic_bytes_per_s
+        if isinstance(old, PairMatrix):
+            bw: object = PairMatrix(old.block, gpus_per_node=old.g, n_gpus=old.n_gpus, diagonal=old.diagonal,
+                                    degraded=bad, cap=cap)
+        else:
+            bw = CappedPairs(old.base if isinstance(old, CappedPairs) else old, self.node_of, bad, cap)
         return TiledTopology(name=f"{self.name}+degraded", gpu=self.gpu, gpus_per_node=self.gpus_per_node,
                              n_nodes=self.n_nodes, bottleneck=bw, latency=self.latency_s,
-                             nic_bytes_per_s=self.nic_bytes_per_s, graph=self.graph)
+                             nic_bytes_per_s=self.nic_bytes_per_s, graph=self._graph)
 
     def __repr__(self) -> str:
         return f"TiledTopology({self.name!r}, gpus={self.n_gpus}, nodes={self.n_nodes})"
@@ -128,5 +169,14 @@ def tiled_topology(spec: TopologySpec) -> TiledTopology:
 
 
 def fast_topology(spec: TopologySpec) -> TiledTopology | Topology:
-    """``tiled_topology`` for parametric specs, the full ``Topology`` for explicit ones."""
-    return Topology.from_spec(spec) if spec.is_explicit else tiled_topology(spec)
+    """``tiled_topology`` for parametric specs whose fabric tiles exactly, the full ``Topology`` in
+    the ``TiledTopology`` interface for leaf-spine / fat-tree fabrics, the full ``Topology`` for
+    explicit specs."""
+    if spec.is_explicit:
+        return Topology.from_spec(spec)
+    if spec.fabric is None or spec.fabric.kind in TILEABLE_FABRICS:
+        return tiled_topology(spec)
+    full = Topology.from_spec(spec)
+    return TiledTopology(name=spec.name, gpu=spec.gpu, gpus_per_node=spec.gpus_per_node, n_nodes=int(spec.nodes or 1),
+                         bottleneck=full.bottleneck_bytes_per_s, latency=full.latency_s,
+                         nic_bytes_per_s=float(spec.nic_bandwidth or 0.0), graph=full)

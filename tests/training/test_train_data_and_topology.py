@@ -9,7 +9,7 @@ from moesim.config.schema import LengthDist
 from moesim.config.topology import load_topology
 from moesim.config.training import TrainDataCfg
 from moesim.network.collectives import SimpleCollectives
-from moesim.network.tiled import tiled_topology
+from moesim.network.tiled import fast_topology, tiled_topology
 from moesim.network.topology import Topology
 from moesim.workload.training_data import training_batch
 
@@ -65,3 +65,19 @@ def test_h800_2048_builds_fast_and_degrades() -> None:
     bad = topo.degrade_nodes([1], 0.5)
     assert bad.bottleneck_bytes_per_s[0, 8] == 25e9 and bad.bottleneck_bytes_per_s[0, 16] == 50e9
     assert bad.bottleneck_bytes_per_s[8, 9] == 200e9          # NVLink inside the degraded host untouched
+
+
+@pytest.mark.parametrize("name", ["leaf-spine-128-2to1", "h800-deepseek-2048"])
+def test_leaf_spine_fabrics_are_not_tiled_from_two_hosts(name: str) -> None:
+    """Two hosts may share a leaf or not: the fast topology keeps the full fabric's matrices."""
+    spec = load_topology(name)
+    fast, full = fast_topology(spec), Topology.from_spec(spec)
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, full.n_gpus, 500), rng.integers(0, full.n_gpus, 500)
+    assert np.allclose(fast.latency_s[i, j], full.latency_s[i, j])
+    assert np.array_equal(fast.bottleneck_bytes_per_s[i, j], full.bottleneck_bytes_per_s[i, j])
+    bad = fast.degrade_nodes([1], 0.5)
+    g = spec.gpus_per_node
+    assert bad.bottleneck_bytes_per_s[0, g] == 0.5 * spec.nic_bandwidth           # host 0 -> host 1
+    assert bad.bottleneck_bytes_per_s[0, 2 * g] == full.bottleneck_bytes_per_s[0, 2 * g]
+    assert bad.bottleneck_bytes_per_s[g, g + 1] == full.bottleneck_bytes_per_s[g, g + 1]   # inside host 1
