@@ -34,6 +34,10 @@ oversubscription) and ``fat_tree`` (two or three tiers of radix-``leaf_radix`` s
     devices: [{name: gpu0, kind: gpu}, {name: gpu1, kind: gpu}, {name: sw, kind: switch}]
     links: [{src: gpu0, dst: sw, bandwidth: 450GB/s}, {src: gpu1, dst: sw, bandwidth: 450GB/s}]
 
+``pxn: true`` turns on PXN forwarding as ``fabric.pxn`` does for the parametric form: GPUs and NICs
+carry ``rail: <index>``, and traffic to another host's GPU on a different rail first crosses
+NVLink (edges into a switch named ``nvswitch*``, or ``tier: nvlink``) to the local GPU on that rail.
+
 Semantic checks (capacities > 0, links naming defined devices, every GPU pair reachable) happen
 when ``moesim.network.Topology`` builds the graph, and raise ``TopologyError``; this module checks
 the shape of the file.
@@ -285,6 +289,10 @@ class TopologySpec(_Frozen):
     devices: tuple[DeviceSpec, ...] | None = None
     """Explicit form: every GPU, switch, NIC and CPU. GPUs are numbered 0.. in list order."""
     links: tuple[LinkSpec, ...] | None = None
+    pxn: bool = False
+    """Explicit form: PXN forwarding (as ``fabric.pxn``): traffic between hosts whose GPUs sit on
+    different rails first crosses NVLink to the source host's GPU on the destination's rail. Needs
+    ``rail`` on the GPUs (and NICs) it should use."""
 
     @model_validator(mode="before")
     @classmethod
@@ -304,7 +312,12 @@ class TopologySpec(_Frozen):
                 raise ValueError(f"give either devices/links or the parametric keys, not both (found {clash})")
             if self.devices is None or self.links is None:
                 raise ValueError("the explicit form needs both devices and links")
+            if self.pxn and not any(d.kind == "gpu" and d.rail is not None for d in self.devices):
+                raise ValueError("pxn: true forwards to the GPU on the destination's rail, but no GPU has a rail; "
+                                 "give the GPUs rail: <NIC index> or drop pxn")
             return self
+        if "pxn" in self.model_fields_set:
+            raise ValueError("pxn is the explicit form's key; in the parametric form use fabric.pxn")
         if self.nodes is None:
             raise ValueError("give either nodes (parametric form) or devices and links (explicit form)")
         g, intra, host, fabric = self.gpus_per_node, self.intra_node, self.host, self.fabric

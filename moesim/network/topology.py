@@ -395,7 +395,7 @@ class Topology:
             assert spec.devices is not None and spec.links is not None
             graph = _build_graph(spec.devices, spec.links)
             gpu_names = tuple(d.name for d in spec.devices if d.kind == "gpu")
-            return cls(name=spec.name, gpu=spec.gpu, graph=graph, gpu_names=gpu_names, lazy=lazy)
+            return cls(name=spec.name, gpu=spec.gpu, graph=graph, gpu_names=gpu_names, pxn=spec.pxn, lazy=lazy)
         net, tree = _expand(spec)
         return cls(name=spec.name, gpu=spec.gpu, net=net, gpu_names=net.names[: spec.nodes * spec.gpus_per_node],
                    pxn=spec.fabric.pxn_enabled, lazy=lazy, fat_tree=tree)
