@@ -12,22 +12,16 @@ import numpy as np
 from moesim.config.schema import RoutingLoadCfg, SyntheticWorkloadCfg, TraceWorkloadCfg
 from moesim.core.errors import ConfigError
 from moesim.workload.azure import read_azure_trace
-from moesim.workload.routing_dynamics import (
-    DynamicRouting,
-    FittedRouting,
-    RoutingModel,
-    TraceExhausted,
-    TraceReplay,
-    base_popularity,
-    coupled_transitions,
-    load_transitions,
-    split_by_source,
-    split_tokens_by_source,
-)
-from moesim.workload.routing_dynamics import fit as fit_routing
+from moesim.workload.dynamic_routing import DynamicRouting, base_popularity
+from moesim.workload.layer_transitions import coupled_transitions, load_transitions
+from moesim.workload.routing_fit import FittedRouting
+from moesim.workload.routing_fit import fit as fit_routing
 from moesim.workload.routing_load import STATIC_KINDS, RoutingLoadGenerator
+from moesim.workload.routing_model import RoutingModel
 from moesim.workload.routing_trace import RoutingTrace, read_esft_routing, read_routing_trace, write_routing_trace
+from moesim.workload.source_split import split_by_source, split_tokens_by_source
 from moesim.workload.synthetic import synthetic_requests
+from moesim.workload.trace_replay import TraceExhausted, TraceReplay
 from moesim.workload.types import RequestSet
 
 __all__ = [

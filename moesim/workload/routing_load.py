@@ -62,7 +62,8 @@ All kinds here are *stationary* (``stationary = True``): every pass is an indepe
 one distribution, so the engine may pool ``sample_many`` draws per token count. ``next_pass(T)``
 is ``sample(T)``, for code that treats every routing model alike. The non-stationary and
 cross-layer kinds (``drift``, ``correlated``, ``trace``, ``fitted``) live in
-``moesim.workload.routing_dynamics`` and are built by ``moesim.workload.build_routing``.
+``moesim.workload.dynamic_routing``, ``trace_replay`` and ``routing_fit`` and are built by
+``moesim.workload.build_routing``.
 
 ``RoutingLoadCfg.samples_per_shape`` is the engine's business: it keeps that many ``sample`` draws
 per token count and picks among them.
@@ -75,14 +76,14 @@ import numpy as np
 from moesim.config.schema import RoutingLoadCfg
 from moesim.core.errors import ConfigError
 
-__all__ = ["RoutingLoadGenerator", "capped_inclusion", "counts_from_inclusion"]
+__all__ = ["RoutingLoadGenerator", "capped_inclusion", "capped_inclusion_rows", "counts_from_inclusion"]
 
 _EXACT_BELOW_VAR = 9.0
 """Per-entry variance below which the binomial is drawn exactly instead of the corrected normal."""
 _KAPPA_C = 0.25
 """Strength of the small-batch variance correction ``1 / (1 - c / sqrt(T * sum(v)))``."""
 STATIC_KINDS = ("uniform", "zipf", "hot_experts", "dirichlet")
-"""The ``RoutingLoadCfg.kind`` values this module builds (the rest: ``routing_dynamics``)."""
+"""The ``RoutingLoadCfg.kind`` values this module builds (the rest: ``build_routing`` in ``__init__``)."""
 _DIRICHLET_FLOOR = 1e-12
 
 
@@ -104,6 +105,25 @@ def capped_inclusion(weights: np.ndarray, top_k: int) -> np.ndarray:
             return np.clip(pi, 0.0, 1.0)
         capped |= over
         pi[capped] = 1.0
+
+
+def capped_inclusion_rows(weights: np.ndarray, top_k: int) -> np.ndarray:
+    """``float64[R, E]`` inclusion per row: proportional to ``weights``, rows sum to ``top_k``, each <= 1.
+
+    Row-wise ``capped_inclusion`` (water-filling); at most ``top_k`` rounds.
+    """
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    capped = np.zeros(w.shape, dtype=bool)
+    while True:
+        rest = top_k - capped.sum(axis=1, keepdims=True)
+        free_w = np.where(capped, 0.0, w)
+        total = free_w.sum(axis=1, keepdims=True)
+        scale = np.divide(rest, total, out=np.zeros_like(total), where=(total > 0) & (rest > 0))
+        pi = np.where(capped, 1.0, free_w * scale)
+        over = ~capped & (pi > 1.0)
+        if not over.any():
+            return np.clip(pi, 0.0, 1.0)
+        capped |= over
 
 
 class RoutingLoadGenerator:
