@@ -10,35 +10,13 @@ import pytest
 from moesim.config.load import load_scenario
 from moesim.engine.run import run
 
-# Two leaves of two GPUs joined by one 25 GB/s uplink pair: replica 0 = (gpu0, gpu1) and
-# replica 1 = (gpu2, gpu3) each span both leaves, so all their EP / TP traffic shares the uplink.
-TOPOLOGY = """
-name: two-leaf-shared-uplink
-gpu: h100-sxm
-devices:
-  - {name: gpu0, kind: gpu, node: 0}
-  - {name: gpu1, kind: gpu, node: 1}
-  - {name: gpu2, kind: gpu, node: 0}
-  - {name: gpu3, kind: gpu, node: 1}
-  - {name: leaf0, kind: switch, node: 0}
-  - {name: leaf1, kind: switch, node: 1}
-links:
-  - {src: gpu0, dst: leaf0, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu2, dst: leaf0, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu1, dst: leaf1, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu3, dst: leaf1, bandwidth: 50GB/s, latency: 1us}
-  - {src: leaf0, dst: leaf1, bandwidth: 25GB/s, latency: 2us}
-"""
+from shared_uplink import shared_uplink_sets
 
 
 def _run(tmp_path: Path, replicas: int, model: str = "flow", contention: bool = True) -> pd.Series:
-    topo = tmp_path / "shared.yaml"
-    topo.write_text(TOPOLOGY)
     sc = load_scenario("default", [
-        f"hardware.topology={topo}", f"hardware.network.model={model}", f"deployment.replicas={replicas}",
-        f"hardware.network.contention={str(contention).lower()}",
-        "deployment.gpus_per_replica=2", "deployment.attention_tp=2", "deployment.ep=2",
-        "workload.duration_s=20", f"workload.rate_per_s={4 * replicas}", "router.kind=round_robin"])
+        *shared_uplink_sets(tmp_path, replicas, model), f"hardware.network.contention={str(contention).lower()}",
+        "workload.duration_s=20", f"workload.rate_per_s={4 * replicas}"])
     return pd.Series(run(sc).summary)
 
 

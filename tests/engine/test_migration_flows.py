@@ -1,4 +1,5 @@
-"""Expert-weight migrations are DES flows: two replicas migrating over one uplink slow each other."""
+"""Expert-weight migrations are DES flows: two replicas migrating over one uplink slow each other
+(topology: ``shared_uplink.py``, two 2-GPU replicas across one 25 GB/s uplink)."""
 
 from __future__ import annotations
 
@@ -9,33 +10,12 @@ import pytest
 from moesim.config.load import load_scenario
 from moesim.engine.run import run
 
-# Two leaves of two GPUs joined by one 25 GB/s uplink pair; each replica spans both leaves.
-TOPOLOGY = """
-name: two-leaf-shared-uplink
-gpu: h100-sxm
-devices:
-  - {name: gpu0, kind: gpu, node: 0}
-  - {name: gpu1, kind: gpu, node: 1}
-  - {name: gpu2, kind: gpu, node: 0}
-  - {name: gpu3, kind: gpu, node: 1}
-  - {name: leaf0, kind: switch, node: 0}
-  - {name: leaf1, kind: switch, node: 1}
-links:
-  - {src: gpu0, dst: leaf0, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu2, dst: leaf0, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu1, dst: leaf1, bandwidth: 50GB/s, latency: 1us}
-  - {src: gpu3, dst: leaf1, bandwidth: 50GB/s, latency: 1us}
-  - {src: leaf0, dst: leaf1, bandwidth: 25GB/s, latency: 2us}
-"""
+from shared_uplink import shared_uplink_sets
 
 
 def _run(tmp_path: Path, replicas: int, model: str = "flow"):  # noqa: ANN202
-    topo = tmp_path / "shared.yaml"
-    topo.write_text(TOPOLOGY)
     return run(load_scenario("default", [
-        f"hardware.topology={topo}", f"hardware.network.model={model}", f"deployment.replicas={replicas}",
-        "deployment.gpus_per_replica=2", "deployment.attention_tp=2", "deployment.ep=2",
-        "workload.duration_s=12", f"workload.rate_per_s={2 * replicas}", "router.kind=round_robin",
+        *shared_uplink_sets(tmp_path, replicas, model), "workload.duration_s=12", f"workload.rate_per_s={2 * replicas}",
         "placement.kind=eplb", "placement.redundant_experts=4", "placement.plan_from=uniform",
         "placement.replan_interval_s=5", "placement.replan_delay_s=0", "routing.zipf_s=1.2"]))
 

@@ -17,16 +17,6 @@ NODE_LAT_S = 1e-6  # one-way GPU-to-GPU latency in the h100-8gpu-node file
 
 
 @pytest.fixture(scope="module")
-def node_topo() -> Topology:
-    return Topology.from_spec(load_topology("h100-8gpu-node"))
-
-
-@pytest.fixture(scope="module")
-def rail_topo() -> Topology:
-    return Topology.from_spec(load_topology("h100-4node-rail"))
-
-
-@pytest.fixture(scope="module")
 def node(node_topo: Topology) -> SimpleCollectives:
     return SimpleCollectives(node_topo, efficiency=EFF, per_message_latency_s=MSG_S)
 
