@@ -1,4 +1,4 @@
-"""Training speed benchmark (issue 6): DeepSeek-V3 on 2,048 H800, PP16 x EP64 x DP128 with ZeRO-1.
+"""Training speed benchmark (issue 6): DeepSeek-V3 on 2,048 H800, PP16 x EP64 x DP128, ZeRO-1, DualPipe.
 
 Targets (one core): one simulated step <= 1 s wall (setup included), 1,000 steps with routing
 dynamics (loss-free bias, drifting router, dispersed micro-batches) <= 60 s.
@@ -10,7 +10,9 @@ step-time breakdown as a markdown table (paste into benchmarks/RESULTS.md).
 
 What is simulated per step (see moesim/engine/training/setup.py): one pipeline bundle (the 64
 data-parallel ranks that share an EP group on each of the 16 stages) as 16 SimPy processes with
-one event per (micro-batch, stage) forward / backward op (120 micro-batches: 3,840 ops); routing
+one event per stage op: the DualPipe order of 120 micro-batches (60 from each end) is 5,760 ops
+(forward, backward-for-input and backward-for-weights per micro-batch and stage) in 2,418 slots
+(an F&B chunk, a full backward's B and W, or one op); routing
 draws for one EP group (262,144 tokens x top-8 over 256 experts, ``samples_per_step`` draws over
 58 layers) through the loss-free-bias gate; MoE costs on each stage's EP group; DP gradient sync
 over the real 128-rank groups; memory of every stage.
@@ -71,6 +73,7 @@ def main() -> None:
         v = s[f"step_{k}_s"]
         print(f"| {k} | {v:.3f} | {v / mean:.1%} |")
     print(f"| **step** | **{mean:.3f}** | MFU {s['mfu']:.1%}, {s['tokens_per_s']:,.0f} tok/s |")
+    print(f"| (all-to-all hidden in F&B chunks, not part of the step) | {s['step_ep_comm_hidden_s']:.3f} | |")
     print()
     print(f"routing: MaxVio global first {s['maxvio_global_first']:.3f} last {s['maxvio_global_last']:.3f}, "
           f"EP rank max/mean {s['expert_imbalance_mean']:.3f}; memory peak {s['memory_peak_bytes'] / 2**30:.1f} GiB")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from moesim.config.schema import Scenario
 
 TINY_DENSE = {
@@ -44,3 +46,29 @@ def dense_scenario(**training: Any) -> Scenario:
                            "steps": 2}, training),
     }
     return Scenario.model_validate(tree)
+
+
+class FixedCollectives:
+    """Test network: every all-to-all call lasts ``a2a_s`` and every all-gather / reduce-scatter
+    ``gather_s`` (whatever the bytes); all-reduces and point-to-point transfers are free."""
+
+    def __init__(self, *, a2a_s: float = 0.0, gather_s: float = 0.0) -> None:
+        self.a2a_s, self.gather_s = a2a_s, gather_s
+
+    @staticmethod
+    def _zeros(nbytes: object) -> Any:
+        return np.zeros(np.shape(nbytes)) if np.ndim(nbytes) else 0.0
+
+    def all_reduce_s(self, group: tuple[int, ...], nbytes: object) -> Any:
+        return self._zeros(nbytes)
+
+    def all_gather_s(self, group: tuple[int, ...], nbytes: object) -> Any:
+        return self._zeros(nbytes) + self.gather_s
+
+    reduce_scatter_s = all_gather_s
+
+    def all_to_all_s(self, group: tuple[int, ...], pair_bytes: object) -> Any:
+        return np.full(np.shape(pair_bytes)[:-2], self.a2a_s)
+
+    def p2p_s(self, src: int, dst: int, nbytes: object) -> Any:
+        return self._zeros(nbytes)

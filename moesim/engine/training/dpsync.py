@@ -1,15 +1,21 @@
 """Data-parallel gradient synchronisation overlapped with backward, the optimizer step, ZeRO gathers.
 
 Gradients are reduced in buckets of ``optimizer.bucket_params`` parameters, dense parameters over
-the ``dp x cp`` group, expert parameters over the ``expert_dp`` group: all-reduce without ZeRO,
-reduce-scatter with ZeRO-1/2. A chunk's gradients are complete only during the backward of the
-*last* micro-batch through it; its buckets become ready evenly through that op (layer by layer,
-in backward order) and start at once when ``overlap_grad_reduce`` is on, otherwise all wait for
-the stage's last op. Each stage has one communication stream: buckets run one at a time, in the
-order they become ready. The step ends when every stage's compute and gradient reduction are
-done; then every GPU updates its shard of the optimizer state (a streaming kernel over master
-weights, moments, gradients and parameters) and, with ZeRO, the updated parameters are
-all-gathered (exposed unless ``overlap_param_gather`` hides them behind the next forward).
+the ``dp x cp`` group, expert parameters over the ``expert_dp`` group (with DualPipe, whose every
+stage lives on two ranks, over both copies' groups: twice as many GPUs): all-reduce without
+ZeRO, reduce-scatter with ZeRO-1/2. A chunk's gradients on a stage are complete only during the
+last backward op through it there (``plan.grad_ops``: the last B, or W when the backward is
+split); its buckets become ready evenly through that op (layer by layer, in backward order) and
+start at once when ``overlap_grad_reduce`` is on, otherwise all wait for the stage's last op.
+Each stage has one communication stream: buckets run one at a time, in the order they become
+ready. The step ends when every stage's compute and gradient reduction are done; then every GPU
+updates its shard of the optimizer state (a streaming kernel over master weights, moments,
+gradients and parameters) and, with ZeRO-1/2, the updated parameters are all-gathered (exposed
+unless ``overlap_param_gather`` hides them behind the next forward). ZeRO-3 reduces and gathers
+inside the ops instead (``zero3.py``): no buckets, no gather after the update.
+
+``bytes_per_step`` ``[pp]``: what each GPU hands to these collectives per step (gradients in,
+gathered parameters out), ZeRO-0..2; ZeRO-3's are ``Zero3Comm.gather_bytes + reduce_bytes``.
 
 The DP traffic does not contend with EP / PP traffic here (the simple network model has no link
 sharing).
@@ -23,7 +29,7 @@ import numpy as np
 
 from moesim.config.schema import DTYPE_BYTES
 from moesim.config.training import TrainingCfg
-from moesim.engine.training.memory import ParamSplit
+from moesim.engine.training.memory import ParamSplit, stage_hold
 from moesim.engine.training.mesh import Mesh
 from moesim.engine.training.pipeline import PipelineRun
 from moesim.engine.training.schedule import PipelinePlan
@@ -34,7 +40,10 @@ __all__ = ["GradSync"]
 
 
 class GradSync:
-    """Bucketed gradient reduction, optimizer step and parameter gather of the simulated pipeline."""
+    """Bucketed gradient reduction, optimizer step and parameter gather of the simulated pipeline.
+
+    ``dp_groups`` / ``edp_groups``: per stage, the GPUs its dense / expert gradients reduce over.
+    """
 
     def __init__(self, *, params: ParamSplit, mesh: Mesh, plan: PipelinePlan, cfg: TrainingCfg, cost: CostModel,
                  coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]]) -> None:
@@ -42,12 +51,14 @@ class GradSync:
         self.plan, self.overlap = plan, opt.overlap_grad_reduce
         grad_b, param_b = DTYPE_BYTES[opt.grad_dtype], DTYPE_BYTES[opt.param_dtype]
         reduce = coll.all_reduce_s if opt.zero == 0 else coll.reduce_scatter_s
-        self.buckets: list[tuple[np.ndarray, np.ndarray]] = []      # per chunk: (fraction ready, seconds)
+        # per chunk: (fraction ready, seconds) of its buckets; the reduction group is that of the
+        # first stage holding the chunk (DualPipe's two holders share one)
+        self.buckets: list[tuple[np.ndarray, np.ndarray]] = []
         for c in range(plan.chunks):
-            s = c % mesh.pp
+            s = next(st for st, held in enumerate(plan.stage_chunks) if c in held)
             fr, secs = [], []
             for n_params, group in ((params.dense[c], dp_groups[s]), (params.expert[c], edp_groups[s])):
-                if n_params <= 0 or len(group) < 2:
+                if n_params <= 0 or len(group) < 2 or opt.zero >= 3:
                     continue
                 n = max(1, math.ceil(n_params / opt.bucket_params))
                 t = float(reduce(group, n_params / n * grad_b))
@@ -55,16 +66,16 @@ class GradSync:
                 secs.extend([t] * n)
             order = np.argsort(fr, kind="stable")
             self.buckets.append((np.asarray(fr)[order], np.asarray(secs)[order]))
-        self.reduce_total = np.array([b[1].sum() for b in self.buckets])
-        stage = np.arange(plan.chunks) % mesh.pp
-        dense = np.bincount(stage, weights=params.dense, minlength=mesh.pp)
-        expert = np.bincount(stage, weights=params.expert, minlength=mesh.pp)
-        shard_d = mesh.dp * mesh.cp if opt.zero >= 1 else 1
-        shard_e = mesh.edp if opt.zero >= 1 else 1
+        hold = stage_hold(plan)
+        dense, expert = hold @ params.dense, hold @ params.expert
+        dp_n = np.array([len(g) for g in dp_groups], dtype=np.float64)
+        edp_n = np.array([len(g) for g in edp_groups], dtype=np.float64)
+        shard_d = dp_n if opt.zero >= 1 else 1.0
+        shard_e = edp_n if opt.zero >= 1 else 1.0
         touched = grad_b + param_b + (8.0 if opt.master_weights else 0.0) + 4.0 * DTYPE_BYTES[opt.state_dtype]
         self.optimizer_s = np.asarray(cost.memory_s((dense / shard_d + expert / shard_e) * touched), dtype=np.float64)
         gather = np.zeros(mesh.pp)
-        if opt.zero >= 1:
+        if opt.zero in (1, 2):
             for s in range(mesh.pp):
                 if len(dp_groups[s]) > 1:
                     gather[s] += float(coll.all_gather_s(dp_groups[s], dense[s] * param_b))
@@ -72,19 +83,20 @@ class GradSync:
                     gather[s] += float(coll.all_gather_s(edp_groups[s], expert[s] * param_b))
         self.gather_s = gather
         self.gather_exposed = not opt.overlap_param_gather
+        self.param_gather_bytes = (dense + expert) * param_b if opt.zero in (1, 2) else np.zeros(mesh.pp)
+        """``[pp]`` ZeRO-1/2 parameter all-gather output per GPU per step, bytes."""
+        self.bytes_per_step = (dense + expert) * grad_b + self.param_gather_bytes if opt.zero < 3 \
+            else np.zeros(mesh.pp)
 
     def sync_end(self, run: PipelineRun) -> np.ndarray:
         """``[pp]`` when each stage's last gradient bucket is reduced (seconds from step start)."""
-        plan = self.plan
-        m = plan.micro_batches
         out = np.array(run.stage_end, dtype=np.float64)
-        for s in range(plan.pp):
+        for s, grad_ops in enumerate(self.plan.grad_ops):
             ready, secs = [], []
-            for c in range(s, plan.chunks, plan.pp):
+            for c, op in grad_ops:
                 fr, t = self.buckets[c]
                 if not fr.size:
                     continue
-                op = plan.op_id(1, m - 1, c)
                 begin, end = run.start[op], run.end[op]
                 ready.append(begin + fr * (end - begin) if self.overlap else np.full(fr.size, run.stage_end[s]))
                 secs.append(t)

@@ -1,10 +1,16 @@
 """Per-GPU memory of each pipeline stage: parameters, gradients, optimizer states, activations.
 
 Parameters per GPU (``ParamSplit``): attention, dense FFN, shared experts, router, embedding and LM
-head split by TP; routed experts split by EP x expert-TP. Gradients use ``grad_dtype``; the
-optimizer keeps an fp32 master copy (``master_weights``) and two Adam moments (``state_dtype``).
-ZeRO-1 shards the optimizer state over the data-parallel group (``dp x cp`` GPUs for dense
-parameters, ``expert_dp`` for experts), ZeRO-2 the gradients too.
+head split by TP; routed experts split by EP x expert-TP. A stage holds the chunks the schedule
+puts on it (``plan.stage_chunks``: one for 1F1B, ``v`` interleaved, two for DualPipe, whose
+stage ``s`` holds model stages ``s`` and ``pp-1-s``: parameters and gradients count twice).
+Gradients use ``grad_dtype``; the optimizer keeps an fp32 master copy (``master_weights``) and
+two Adam moments (``state_dtype``). ZeRO-1 shards the optimizer state over the group that
+reduces the gradients (``dp x cp`` GPUs for dense parameters, ``expert_dp`` for experts; with
+DualPipe both copies of a stage: twice as many GPUs), ZeRO-2 the gradients too, ZeRO-3 the
+parameters too, plus a *gathered working set* in ``workspace``: the largest unit (a layer, the
+embedding or the LM head) gathered for computation and the next one prefetched, in
+``param_dtype``, and one unit's unsharded gradients before its reduce-scatter (``zero3.py``).
 
 Activations kept for backward, elements per token of one layer on one GPU (x the activation
 dtype; sequence parallelism divides the token-wise ones by tp, CP divides tokens by cp):
@@ -19,7 +25,8 @@ dtype; sequence parallelism divides the token-wise ones by tp, CP divides tokens
 
 ``recompute: selective`` drops the listed modules, ``full`` keeps only the layer inputs plus one
 layer's working set during its backward. How many micro-batches are alive at once comes from
-walking the schedule (1F1B: ``pp - s`` on stage ``s``; interleaved: more on the first stages).
+walking the schedule (1F1B: ``pp - s`` on stage ``s``; interleaved: more on the first stages;
+DualPipe: ``pp + 1`` stage-chunks, counting a micro-batch alive until its weight gradient ``W``).
 Routed activations follow the routing: the setup check uses balanced loads, every step records
 the peak with the hottest rank's load (``oom`` when it exceeds the budget).
 """
@@ -39,7 +46,7 @@ from moesim.engine.training.mesh import Mesh
 from moesim.engine.training.schedule import PipelinePlan
 from moesim.spec.model import ModelShape
 
-__all__ = ["ActivationModel", "MemoryModel", "ParamSplit", "param_split"]
+__all__ = ["ActivationModel", "MemoryModel", "ParamSplit", "param_split", "stage_hold"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,9 @@ class ActivationModel:
 
 def alive_counts(plan: PipelinePlan) -> list[np.ndarray]:
     """Per stage, ``[forward ops, C]``: micro-batches of each chunk alive right after each of the
-    stage's forward ops (the candidates for its activation peak)."""
+    stage's forward ops (the candidates for its activation peak). A micro-batch's activations
+    are freed by its last backward op through the chunk (B, or W when the backward is split)."""
+    release = plan.kinds - 1
     out = []
     for ops in plan.device_ops:
         alive = np.zeros(plan.chunks)
@@ -124,10 +133,18 @@ def alive_counts(plan: PipelinePlan) -> list[np.ndarray]:
             if plan.op_kind[me] == 0:
                 alive[c] += 1
                 rows.append(alive.copy())
-            else:
+            elif plan.op_kind[me] == release:
                 alive[c] -= 1
         out.append(np.array(rows) if rows else np.zeros((1, plan.chunks)))
     return out
+
+
+def stage_hold(plan: PipelinePlan) -> np.ndarray:
+    """``[pp, C]``: 1 where a stage holds a chunk's parameters (``plan.stage_chunks``)."""
+    hold = np.zeros((plan.pp, plan.chunks))
+    for s, chunks in enumerate(plan.stage_chunks):
+        hold[s, list(chunks)] = 1.0
+    return hold
 
 
 def peak_bytes(alive: list[np.ndarray], kept: np.ndarray) -> np.ndarray:
@@ -139,39 +156,41 @@ class MemoryModel:
     """Per-stage memory table and the fit check (module doc)."""
 
     def __init__(self, *, shape: ModelShape, mesh: Mesh, layout: ChunkLayout, plan: PipelinePlan,
-                 cfg: TrainingCfg, gpu: GpuSpec, params: ParamSplit) -> None:
+                 cfg: TrainingCfg, gpu: GpuSpec, params: ParamSplit, group_sizes: tuple[np.ndarray, np.ndarray] | None = None,
+                 gathered: np.ndarray | None = None) -> None:
+        """``group_sizes``: per stage, GPUs of its dense / expert gradient-reduction groups (default
+        ``dp x cp`` and ``expert_dp``); ``gathered``: ZeRO-3 working set per stage, bytes."""
         opt = cfg.optimizer
         self.mesh, self.plan, self.cfg, self.lay = mesh, plan, cfg, layout
         self.acts = ActivationModel(shape, mesh, layout, cfg)
         self.alive = alive_counts(plan)
         self.capacity = gpu.hbm_bytes * cfg.hbm_utilization - cfg.memory_reserve_bytes
         self.gpu_name = gpu.name
-        shard_dense = mesh.dp * mesh.cp if opt.zero >= 1 else 1
-        shard_expert = mesh.edp if opt.zero >= 1 else 1
+        dp_n, edp_n = group_sizes if group_sizes is not None else (np.full(mesh.pp, mesh.dp * mesh.cp),
+                                                                    np.full(mesh.pp, mesh.edp))
+        shard_dense = dp_n if opt.zero >= 1 else 1
+        shard_expert = edp_n if opt.zero >= 1 else 1
         state_b = (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
         grad_b = DTYPE_BYTES[opt.grad_dtype]
-        stage = np.arange(layout.chunks) % mesh.pp
-
-        def per_stage(x: np.ndarray) -> np.ndarray:
-            return np.bincount(stage, weights=x, minlength=mesh.pp)
-
-        dense, expert = per_stage(params.dense), per_stage(params.expert)
-        self.weights = (dense + expert) * DTYPE_BYTES[opt.param_dtype]
+        self.hold = stage_hold(plan)
+        dense, expert = self.hold @ params.dense, self.hold @ params.expert
+        p_shard = (shard_dense, shard_expert) if opt.zero >= 3 else (1, 1)
+        self.weights = (dense / p_shard[0] + expert / p_shard[1]) * DTYPE_BYTES[opt.param_dtype]
         g_shard = (shard_dense, shard_expert) if opt.zero >= 2 else (1, 1)
         self.grads = (dense / g_shard[0] + expert / g_shard[1]) * grad_b
         self.optimizer = (dense / shard_dense + expert / shard_expert) * state_b
-        self.stage = stage
+        self.gathered = np.zeros(mesh.pp) if gathered is None else np.asarray(gathered, dtype=np.float64)
 
     def activations(self, tokens: float, slots_per_layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([pp] peak kept activations, [pp] recompute working set)`` bytes."""
         kept, work = self.acts.per_chunk(tokens, slots_per_layer)
-        work_stage = np.zeros(self.mesh.pp)
-        np.maximum.at(work_stage, self.stage, work)
+        work_stage = np.where(self.hold > 0, work[None, :], 0.0).max(axis=1)
         return peak_bytes(self.alive, kept), work_stage
 
     def table(self, tokens: float, slots_per_layer: np.ndarray) -> dict[str, np.ndarray]:
         """Per-stage bytes: weights, grads, optimizer, activations, workspace, total; and capacity."""
         acts, work = self.activations(tokens, slots_per_layer)
+        work = work + self.gathered
         total = self.weights + self.grads + self.optimizer + acts + work
         return {"stage": np.arange(self.mesh.pp), "weights": self.weights, "grads": self.grads,
                 "optimizer": self.optimizer, "activations": acts, "workspace": work, "total": total,
@@ -189,5 +208,5 @@ class MemoryModel:
                 f"pipeline stage {worst} needs {t['total'][worst] / GiB:.1f} GiB per GPU ({parts} GiB) but "
                 f"{self.gpu_name} offers {self.capacity / GiB:.1f} GiB (hbm x hbm_utilization - "
                 "memory_reserve_bytes); recompute activations (training.recompute), raise pp / ep / tp, use ZeRO "
-                "(training.optimizer.zero) or fewer micro_batch_seqs", field=field)
+                "(training.optimizer.zero, up to 3) or fewer micro_batch_seqs", field=field)
         return t

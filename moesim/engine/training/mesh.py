@@ -168,5 +168,14 @@ def build_mesh(cfg: TrainingCfg, model: ModelSpec, *, topology_gpus: int, gpus_p
     if cfg.schedule.kind == "interleaved_1f1b":
         _need(m % par.pp == 0, "training.data.global_batch_seqs",
               f"interleaved_1f1b needs the {m} micro-batches per pipeline to be a multiple of pp={par.pp}")
+    if cfg.schedule.kind == "dualpipe":
+        _need(par.pp % 2 == 0, f"{_F}.pp",
+              f"dualpipe needs an even pp (rank r holds stages r and pp-1-r), got pp={par.pp}; use an even pp "
+              "or another training.schedule.kind")
+        _need(m % 2 == 0 and m >= 2 * par.pp, "training.data.global_batch_seqs",
+              f"dualpipe feeds half of the micro-batches from each end: it needs an even number of micro-batches "
+              f">= 2 x pp = {2 * par.pp}, got {m} (global_batch_seqs / (dp x micro_batch_seqs) = "
+              f"{data.global_batch_seqs} / ({dp} x {data.micro_batch_seqs})); raise global_batch_seqs or lower "
+              "micro_batch_seqs")
     return Mesh(tp=par.tp, cp=par.cp, dp=dp, pp=par.pp, ep=par.ep, etp=par.expert_tp,
                 gpus_per_node=gpus_per_node, micro_batches=m)

@@ -11,7 +11,9 @@ parallelism puts ``t / tp`` tokens on a GPU between the TP regions):
 * dense FFN layers ``gemm(t, d, 3 d f / (d tp))``; MoE layers: router ``gemm(t/tp, d, E)``, shared
   experts, the gate rule's overhead (``GateOverhead``); routed experts are costed from routing
   draws in ``moe_step.py``;
-* chunk 0 the embedding, the last chunk the LM head ``gemm(t, d, vocab/tp)`` and the fp32 loss.
+* chunk 0 the embedding, the last chunk the LM head ``gemm(t, d, vocab/tp)`` and the fp32 loss;
+  per MTP module (``mtp.py``, on the last chunk; its block is one more layer) another embedding
+  lookup and head pass, and the ``2d -> d`` projection ``gemm(t, 2d, d/tp)`` with two RMSNorms.
 
 Backward = 2 x the forward GEMM / memory time, 2.5 x the attention core (FlashAttention's backward
 runs 5 matmuls to the forward's 2), the same communication. Recomputation adds the forward time
@@ -48,7 +50,9 @@ class DenseCosts:
 
     compute_*: the mean over the bundle's data ranks; imbalance_*: slowest rank minus mean;
     tp_*: TP + CP collectives; gate_*: routing-rule overhead (router work, extra all-reduce);
-    recompute: forward work redone inside the backward op.
+    recompute: forward work redone inside the backward op; wgrad: the weight-gradient GEMMs
+    inside ``compute_b`` (one forward's worth of every weighted GEMM: what a split backward's W
+    op runs).
     """
 
     compute_f: np.ndarray
@@ -60,6 +64,7 @@ class DenseCosts:
     gate_f: np.ndarray
     gate_b: np.ndarray
     recompute: np.ndarray
+    wgrad: np.ndarray
 
 
 def _mean_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +142,21 @@ class DenseOpModel:
         embed = c.memory_s(t / self.mesh.tp * self.d * self.ab)
         head = c.gemm_s(t, self.d, sh.model.vocab_size // self.mesh.tp) + c.memory_s(
             2.0 * t * sh.model.vocab_size / self.mesh.tp * 4.0)
+        mtp_proj = c.gemm_s(t, 2 * self.d, max(self.d // self.mesh.tp, 1))      # MTP: 2d -> d projection
+        mtp = mtp_proj + c.memory_s(4.0 * self.d * t / self.mesh.tp * self.ab)  # + its two RMSNorms (mtp.py)
         # per-layer-type [m] means and imbalances (max - mean over data ranks)
         pieces = {name: _mean_max(x) for name, x in {
             "attn_f": attn_f, "attn_b": attn_b, "mlp": parts["mlp"], "moe_side": moe_side, "gate": gate_f,
-            "embed": embed, "head": head}.items()}
+            "embed": embed, "head": head, "mtp": mtp}.items()}
+        head_gemm = _mean_max(c.gemm_s(t, self.d, sh.model.vocab_size // self.mesh.tp))[0]
+        wgrad = (_mean_max(parts["attn_proj"])[0][:, None] * lay.layers[None, :]
+                 + pieces["mlp"][0][:, None] * lay.dense[None, :] + pieces["moe_side"][0][:, None] * lay.moe[None, :]
+                 + head_gemm[:, None] * (lay.head + lay.mtp)[None, :]
+                 + _mean_max(mtp_proj)[0][:, None] * lay.mtp[None, :])
         recompute_layer = self._recompute_layer(parts)
         rec_attn, rec_dense, rec_moe = (_mean_max(x)[0] + _mean_max(x)[1] for x in recompute_layer)
         n_layers, n_dense, n_moe = (lay.layers[None, :], lay.dense[None, :], lay.moe[None, :])
-        emb, hd = lay.embed[None, :], lay.head[None, :]
+        emb, hd = (lay.embed + lay.mtp)[None, :], (lay.head + lay.mtp)[None, :]   # MTP: a lookup and a head each
 
         def chunked(key: str, idx: int, bwd: float = 1.0) -> np.ndarray:
             v = pieces[key][idx][:, None]
@@ -154,15 +166,17 @@ class DenseOpModel:
                 return v * n_dense * bwd
             if key in ("moe_side", "gate"):
                 return v * n_moe * bwd
+            if key == "mtp":
+                return v * lay.mtp[None, :] * bwd
             return v * (emb if key == "embed" else hd) * bwd
 
         out = {}
         for idx, label in ((0, "compute"), (1, "imbalance")):
             out[f"{label}_f"] = (chunked("attn_f", idx) + chunked("mlp", idx) + chunked("moe_side", idx)
-                                 + chunked("embed", idx) + chunked("head", idx))
+                                 + chunked("embed", idx) + chunked("head", idx) + chunked("mtp", idx))
             out[f"{label}_b"] = (chunked("attn_b", idx) + chunked("mlp", idx, BWD_GEMM)
                                  + chunked("moe_side", idx, BWD_GEMM) + chunked("embed", idx)
-                                 + chunked("head", idx, BWD_GEMM))
+                                 + chunked("head", idx, BWD_GEMM) + chunked("mtp", idx, BWD_GEMM))
         gate_f_chunk = chunked("gate", 0) + chunked("gate", 1)
         tp_f, tp_b, gate_ar = self._comm_chunks(float(t.mean()), gate_allreduce_bytes)
         m = tokens.shape[1]
@@ -174,7 +188,7 @@ class DenseOpModel:
         return DenseCosts(compute_f=out["compute_f"], compute_b=out["compute_b"], imbalance_f=out["imbalance_f"],
                           imbalance_b=out["imbalance_b"], tp_f=np.array(tp_f), tp_b=np.array(tp_b),
                           gate_f=gate_f_chunk + gate_comm, gate_b=BWD_GEMM * gate_f_chunk + gate_comm,
-                          recompute=recompute)
+                          recompute=recompute, wgrad=wgrad)
 
     def _recompute_layer(self, parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forward seconds redone per (attention, dense-FFN, MoE-side) layer by selective recompute."""

@@ -20,8 +20,10 @@ import pandas as pd
 
 import moesim
 from moesim.config.load import scenario_hash
-from moesim.config.schema import DTYPE_BYTES, Scenario
+from moesim.config.schema import Scenario
+from moesim.engine.training.checkpoint import checkpoint_plan
 from moesim.engine.training.faults import RunOutcome, simulate_run
+from moesim.engine.training.mtp import mtp_flops_params
 from moesim.engine.training.setup import TrainingSetup, build_training
 from moesim.engine.training.steps import BREAKDOWN, StepLoop, StepOutcome
 from moesim.hardware.calibrated import CalibratedCost
@@ -94,31 +96,23 @@ def run_training(scenario: Scenario, *, progress: Progress | None = None,
         train_progress=run.progress)
 
 
-def checkpoint_bytes(setup: TrainingSetup) -> float:
-    """Bytes of one full checkpoint: every parameter plus its optimizer state, written once."""
-    opt = setup.cfg.optimizer
-    total = setup.shape.total_params()
-    per_param = DTYPE_BYTES[opt.param_dtype] + (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
-    return float(total * per_param)
-
-
 def _whole_run(setup: TrainingSetup, steps: pd.DataFrame) -> RunOutcome:
-    """Checkpoints and failures over the run (``train_tokens``, else the simulated steps)."""
+    """Checkpoints (``checkpoint.py``: written through host memory to storage, reloaded on a
+    restart) and failures over the run (``train_tokens``, else the simulated steps)."""
     cfg, mesh = setup.cfg, setup.mesh
     tokens_per_step = cfg.data.global_batch_seqs * cfg.data.seq_len
     n_steps = math.ceil(cfg.train_tokens / tokens_per_step) if cfg.train_tokens else cfg.steps
     ck, fl = cfg.checkpoint, cfg.failures
-    nbytes = checkpoint_bytes(setup)
-    write_s = nbytes / ck.storage_bytes_per_s
-    snapshot_s = nbytes / mesh.gpus / setup.gpu.pcie_bytes_per_s
-    block_s = snapshot_s if ck.async_save else write_s
+    plan = checkpoint_plan(setup)
     nodes = mesh.gpus / mesh.gpus_per_node
     rate = (mesh.gpus / (fl.gpu_mtbf_hours * _HOUR) if fl.gpu_mtbf_hours else 0.0) \
         + (nodes / (fl.node_mtbf_hours * _HOUR) if fl.node_mtbf_hours else 0.0)
-    return simulate_run(steps=n_steps, step_s=float(steps["step_s"].mean()), interval=ck.interval_steps,
-                        block_s=block_s, commit_s=max(block_s, snapshot_s + write_s if ck.async_save else write_s),
-                        restart_s=fl.restart_s + write_s, rate_per_s=rate, inject_at_s=fl.inject_at_s,
-                        rng=setup.streams.get("failures"), tokens_per_step=tokens_per_step)
+    out = simulate_run(steps=n_steps, step_s=float(steps["step_s"].mean()), interval=ck.interval_steps,
+                       block_s=plan.block_s, commit_s=plan.commit_s, restart_s=fl.restart_s + plan.reload_s,
+                       rate_per_s=rate, inject_at_s=fl.inject_at_s, rng=setup.streams.get("failures"),
+                       tokens_per_step=tokens_per_step)
+    out.summary.update(plan.summary())
+    return out
 
 
 def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict[str, Any]:
@@ -145,6 +139,10 @@ def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict
     for name in BREAKDOWN:
         s[f"step_{name}_s"] = float(steps[f"{name}_s"].mean())
     s["bubble_fraction"] = s["step_bubble_s"] / mean if mean > 0 else 0.0
+    s["step_ep_comm_hidden_s"] = float(steps["ep_comm_hidden_s"].mean())
+    z3 = setup.zero3
+    s["dp_comm_bytes_per_step"] = float(np.max(z3.gather_bytes + z3.reduce_bytes if z3 is not None
+                                               else setup.sync.bytes_per_step))
     s["memory_peak_bytes"] = float(setup.memory_table["total"].max())
     s["memory_peak_runtime_bytes"] = float(steps["memory_peak_bytes"].max())
     s["memory_capacity_bytes"] = float(setup.memory.capacity)
@@ -154,7 +152,9 @@ def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict
                  maxvio_global_first=float(steps["maxvio_global"].iloc[0]),
                  maxvio_global_last=float(steps["maxvio_global"].iloc[-1]),
                  maxvio_micro_mean=float(steps["maxvio_micro"].mean()),
-                 dropped_fraction=float(steps["dropped_fraction"].mean()))
+                 dropped_fraction=float(steps["dropped_fraction"].mean()),
+                 dispatch=cfg.dispatch.kind + (f" (max {cfg.dispatch.max_nodes} nodes)" if cfg.dispatch.max_nodes else ""),
+                 ep_internode_bytes_per_token=float(np.mean(setup.moe.internode_bytes)))
     r = run.summary
     ideal_step = float((steps["step_s"] - steps["straggler_wait_s"]).mean())
     n_steps = r["useful_work_s"] / mean if mean > 0 else 0.0
@@ -163,18 +163,21 @@ def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict
              time_to_train_ideal_s=n_steps * ideal_step, gpu_hours=r["time_to_train_s"] * mesh.gpus / _HOUR,
              goodput=r["goodput"], failures=int(r["failures"]), lost_work_s=r["lost_work_s"],
              restart_total_s=r["restart_total_s"], checkpoint_blocking_s=r["checkpoint_blocking_s"],
+             checkpoints=int(r["checkpoints"]),
              straggler_slowdown=mean / ideal_step if ideal_step > 0 else 1.0,
              des_events=int(steps["des_events"].sum()))
+    s.update({k: v for k, v in r.items() if k.startswith("checkpoint_") and k not in s})   # checkpoint.py
     return s
 
 
 def model_flops_per_step(setup: TrainingSetup) -> float:
     """Model FLOPs of one step: 6 x active non-embedding parameters x tokens, plus 3 x the forward
-    attention-core FLOPs of the step's causal pairs (recomputation not counted)."""
+    attention-core FLOPs of the step's causal pairs (recomputation not counted); MTP modules count
+    their blocks (layers of ``setup.model``), projections and head passes (``mtp.py``)."""
     cfg, sh = setup.cfg, setup.shape
     m = sh.model
     tokens = cfg.data.global_batch_seqs * cfg.data.seq_len
-    active = sh.active_params() - m.vocab_size * m.hidden_size
+    active = sh.active_params() - m.vocab_size * m.hidden_size + mtp_flops_params(m, cfg.mtp_depth)
     if cfg.data.documents is None:
         pairs = cfg.data.global_batch_seqs * cfg.data.seq_len * (cfg.data.seq_len + 1) / 2
     else:  # mean causal pairs per token of a fresh batch (fixed seed), scaled to the step

@@ -1,7 +1,11 @@
 """One training step: assemble op durations, run the pipeline DES, sync gradients, split the time.
 
-Op duration = compute + imbalance + TP/CP + exposed EP all-to-all + gate overhead (+ recompute in
-backward) + straggler slow-down. The step's time is then split into causes by counterfactual
+Op duration = compute + imbalance + TP/CP + EP all-to-all + gate overhead (+ recompute in
+backward) + straggler slow-down (+ ZeRO-3's exposed gathers / reduce-scatters). Schedules that
+split the backward (DualPipe) give the weight-gradient GEMMs to the W op. In DualPipe's fused
+F&B slots the balanced EP all-to-all is the hideable part (``pipeline.py``; what routing skew
+adds to it counts as imbalance and stays exposed); elsewhere it is exposed (less
+``schedule.ep_comm_overlap``). The step's time is then split into causes by counterfactual
 replays of the same schedule (``pipeline.replay``), applied in this order, so the parts add up
 exactly to the step time:
 
@@ -9,10 +13,15 @@ exactly to the step time:
 * ``imbalance_wait`` = that - makespan also with perfectly balanced experts and data;
 * ``pp_comm`` = that - makespan also with free point-to-point transfers;
 * what remains is the ideal pipeline; on its bottleneck stage (the most busy time) it splits into
-  the busy components (compute, recompute, tp_comm, ep_comm, gate) and ``bubble`` (that stage's
-  idle time: the schedule's fill and drain plus waiting for slower stages);
+  the busy components (compute, recompute, tp_comm, ep_comm: the *exposed* all-to-all, gate;
+  ZeRO-3's exposed gathers count as ``param_gather``, its exposed reduce-scatters as
+  ``dp_exposed``) and ``bubble`` (that stage's idle time: the schedule's fill and drain plus
+  waiting for slower stages);
 * after the last op: ``dp_exposed`` (gradient reduction not hidden by backward), ``optimizer``,
-  ``param_gather`` (ZeRO all-gather, when exposed).
+  ``param_gather`` (ZeRO-1/2 all-gather, when exposed).
+
+The all-to-all a fused slot hid on the bottleneck stage is reported apart (``ep_comm_hidden_s``,
+not a part of the step).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moesim.engine.training.opcost import DenseCosts
-from moesim.engine.training.pipeline import PipelineRun, replay, simulate
+from moesim.engine.training.pipeline import PipelineRun, exposed_hide, replay, simulate
 from moesim.engine.training.setup import TrainingSetup
 from moesim.policies.gate import GateOverhead
 from moesim.workload.training_data import BatchLayout, training_batch
@@ -58,16 +67,16 @@ class StepLoop:
     def __init__(self, setup: TrainingSetup) -> None:
         self.s = setup
         mesh, plan = setup.mesh, setup.plan
-        self.m, self.c = mesh.micro_batches, setup.layout.chunks
-        self.stage_of_chunk = np.arange(self.c) % mesh.pp
-        self.p2p = np.concatenate([np.tile(setup.p2p_f, self.m), np.tile(setup.p2p_b, self.m)]).tolist()
-        self.has_p2p = bool(np.any(setup.p2p_f) or np.any(setup.p2p_b))
+        self.m, self.c, self.k = mesh.micro_batches, setup.layout.chunks, plan.kinds
+        self.op_stage = np.asarray(plan.op_stage).reshape(self.k, self.m, self.c)
+        self.p2p = np.asarray(setup.p2p, dtype=np.float64).tolist()
+        self.has_p2p = bool(np.any(setup.p2p))
         self.zero_p2p = [0.0] * plan.n_ops
         self.data_rng = setup.streams.get("data")
         self.routing_rng = setup.streams.get("routing-steps")
         self._fixed: BatchLayout | None = None
         self._dense_cache: dict[tuple[float, float], DenseCosts] = {}
-        self._replays: dict[tuple[bytes, bool], PipelineRun] = {}
+        self._replays: dict[tuple[bytes, bytes, bool], PipelineRun] = {}
 
     # ------------------------------------------------------------------ inputs of a step
     def _batch(self) -> BatchLayout:
@@ -89,7 +98,8 @@ class StepLoop:
         return out
 
     def _components(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, float], Any]:
-        """``{name: [2, m, C]}`` (forward, backward) op components of step ``step`` and its routing stats."""
+        """``{name: [K, m, C]}`` op components of step ``step`` (forward, backward and, for split
+        backwards, weight-gradient ops) and its routing stats."""
         s = self.s
         batch = self._batch()
         moe = None
@@ -104,49 +114,66 @@ class StepLoop:
         d = self._dense(batch, moe.routing.overhead if moe is not None else GateOverhead())
         z = np.zeros((self.m, self.c))
         comp = {
-            "compute": (d.compute_f + (moe.gemm_f if moe else z), d.compute_b + (moe.gemm_b if moe else z)),
-            "imbalance": (d.imbalance_f + (moe.imbalance_f if moe else z),
-                          d.imbalance_b + (moe.imbalance_b if moe else z)),
-            "tp_comm": (d.tp_f, d.tp_b),
-            "ep_comm": (moe.ep_f if moe else z, moe.ep_b if moe else z),
-            "gate": (d.gate_f, d.gate_b),
-            "recompute": (z, d.recompute + (moe.recompute if moe else z)),
+            "compute": [d.compute_f + (moe.gemm_f if moe else z), d.compute_b + (moe.gemm_b if moe else z)],
+            "imbalance": [d.imbalance_f + (moe.imbalance_f if moe else z),
+                          d.imbalance_b + (moe.imbalance_b if moe else z)],
+            "tp_comm": [d.tp_f, d.tp_b],
+            "ep_comm": [moe.ep_f if moe else z, moe.ep_b if moe else z],
+            "gate": [d.gate_f, d.gate_b],
+            "recompute": [z, d.recompute + (moe.recompute if moe else z)],
         }
-        fac_f, fac_b = s.stragglers.factors(self.m, self.stage_of_chunk)
-        slow = {}
+        stage = self.op_stage[0]                                   # [m, C]: F, B and W of an op share a stage
+        fac_f, fac_b = (np.reshape(f, (self.m, self.c)) for f in s.stragglers.factors(1, stage.ravel()))
+        slow = []
         for i, fac in enumerate((fac_f, fac_b)):
             base = comp["compute"][i] + comp["imbalance"][i] + comp["gate"][i] + comp["recompute"][i]
-            slow[i] = np.maximum(fac - 1.0, 0.0) * base
-        comp["straggler"] = (slow[0], slow[1])
-        stacked = {k: np.stack([np.broadcast_to(v[0], (self.m, self.c)), np.broadcast_to(v[1], (self.m, self.c))])
-                   for k, v in comp.items()}
+            slow.append(np.maximum(fac - 1.0, 0.0) * base)
+        comp["straggler"] = slow
+        if self.k == 3:                                            # split backward: W takes the weight GEMMs
+            w = np.broadcast_to(d.wgrad + (moe.gemm_f if moe else z), (self.m, self.c))
+            slow_w = np.maximum(fac_b - 1.0, 0.0) * w
+            for name, parts in comp.items():
+                extra = w if name == "compute" else slow_w if name == "straggler" else z
+                parts[1] = parts[1] - extra
+                parts.append(extra)
+        stacked = {k: np.stack([np.broadcast_to(x, (self.m, self.c)) for x in v]) for k, v in comp.items()}
         return stacked, stats, moe
 
     # ------------------------------------------------------------------ one step
     def step(self, step: int, *, record_timeline: bool = False) -> StepOutcome:
         """Simulate step ``step`` (module doc)."""
-        s = self.s
+        s, plan = self.s, self.s.plan
         comp, stats, moe = self._components(step)
-        ideal = sum(v for k, v in comp.items() if k not in ("imbalance", "straggler"))
+        ideal = sum(comp[k] for k in _BUSY)
+        zg = zr = np.zeros_like(ideal)
+        if s.zero3 is not None:
+            zg, zr = s.zero3.exposure(ideal)
+            ideal = ideal + zg + zr
         no_strag = ideal + comp["imbalance"]
         total = no_strag + comp["straggler"]
-        run = simulate(s.plan, total.ravel().tolist(), self.p2p)
-        run_b = replay(s.plan, no_strag.ravel().tolist(), self.p2p) if comp["straggler"].any() else run
-        run_c = self._replay(ideal, p2p=True) if comp["imbalance"].any() else run_b
-        run_c0 = self._replay(ideal, p2p=False) if self.has_p2p else run_c
-        busy_per_stage = np.bincount(self.stage_of_chunk, weights=ideal.sum(axis=(0, 1)), minlength=s.mesh.pp)
-        stage = int(np.argmax(busy_per_stage))                 # the bottleneck stage of the ideal pipeline
-        on = self.stage_of_chunk == stage
-        busy = {k: float(comp[k][:, :, on].sum()) for k in _BUSY}
+        hide = comp["ep_comm"] if plan.fused else None
+        hide_l = hide.ravel().tolist() if hide is not None else None
+        run = simulate(plan, total.ravel().tolist(), self.p2p, hide_l)
+        run_b = replay(plan, no_strag.ravel().tolist(), self.p2p, hide_l) if comp["straggler"].any() else run
+        run_c = self._replay(ideal, hide, p2p=True) if comp["imbalance"].any() else run_b
+        run_c0 = self._replay(ideal, hide, p2p=False) if self.has_p2p else run_c
+        ep = comp["ep_comm"] if hide is None else exposed_hide(plan, ideal, hide).reshape(ideal.shape)
+        busy_op = ideal - comp["ep_comm"] + ep                     # each op's share of its slot's time
+        busy_per_stage = np.bincount(self.op_stage.ravel(), weights=busy_op.ravel(), minlength=s.mesh.pp)
+        bottleneck = int(np.argmax(busy_per_stage))                # the bottleneck stage of the ideal pipeline
+        on = self.op_stage == bottleneck
+        busy = {k: float(comp[k][on].sum()) for k in _BUSY}
+        busy["ep_comm"] = float(ep[on].sum())
+        stats["ep_comm_hidden_s"] = float(comp["ep_comm"][on].sum()) - busy["ep_comm"]
         sync_end = s.sync.sync_end(run)
         opt_s, gather_s = s.sync.post_step_s()
         end = float(max(np.max(run.stage_end), np.max(sync_end)))
         breakdown = dict(busy)
         breakdown.update(
-            bubble=max(run_c0.makespan - float(ideal[:, :, on].sum()), 0.0),
+            bubble=max(run_c0.makespan - float(busy_op[on].sum()), 0.0),
             pp_comm=run_c.makespan - run_c0.makespan, imbalance_wait=run_b.makespan - run_c.makespan,
-            straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan,
-            optimizer=opt_s, param_gather=gather_s)
+            straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan + float(zr[on].sum()),
+            optimizer=opt_s, param_gather=gather_s + float(zg[on].sum()))
         step_s = end + opt_s + gather_s
         timeline = self._timeline(run, sync_end, opt_s, gather_s) if record_timeline else None
         return StepOutcome(step_s=step_s, makespan_s=run.makespan, breakdown=breakdown, stats=stats,
@@ -156,14 +183,15 @@ class StepLoop:
                            max_rank_slots=moe.max_rank_slots if moe is not None else None,
                            stage_end=list(run.stage_end))
 
-    def _replay(self, dur: np.ndarray, *, p2p: bool) -> PipelineRun:
-        """``replay`` of durations ``[2, m, C]``, cached (the ideal pipeline rarely changes between steps)."""
-        key = (np.ascontiguousarray(dur).tobytes(), p2p)
+    def _replay(self, dur: np.ndarray, hide: np.ndarray | None, *, p2p: bool) -> PipelineRun:
+        """``replay`` of durations ``[K, m, C]``, cached (the ideal pipeline rarely changes between steps)."""
+        key = (np.ascontiguousarray(dur).tobytes(), b"" if hide is None else np.ascontiguousarray(hide).tobytes(), p2p)
         hit = self._replays.get(key)
         if hit is None:
             if len(self._replays) > 32:
                 self._replays.clear()
-            hit = self._replays[key] = replay(self.s.plan, dur.ravel().tolist(), self.p2p if p2p else self.zero_p2p)
+            hit = self._replays[key] = replay(self.s.plan, dur.ravel().tolist(), self.p2p if p2p else self.zero_p2p,
+                                              None if hide is None else hide.ravel().tolist())
         return hit
 
     def runtime_memory(self, moe_slots: np.ndarray) -> float:
@@ -172,16 +200,20 @@ class StepLoop:
         return float(t["total"].max())
 
     def _timeline(self, run: PipelineRun, sync_end: np.ndarray, opt_s: float, gather_s: float) -> list[dict[str, Any]]:
-        """Rows of every op, each stage's exposed gradient sync and the optimizer phase."""
+        """Rows of every op, each stage's exposed gradient sync and the optimizer phase. ``op``: F, B
+        or W (B is the whole backward unless the schedule splits off W; both are kind "backward");
+        ``fused``: the op ran in an overlapped F&B slot."""
         plan = self.s.plan
+        fused = [f for stage in plan.slot_fused for f in stage]
         rows = [{"stage": plan.op_stage[i], "chunk": plan.op_chunk[i], "micro_batch": plan.op_mb[i],
-                 "kind": "forward" if plan.op_kind[i] == 0 else "backward", "start_s": run.start[i],
+                 "kind": "forward" if plan.op_kind[i] == 0 else "backward", "op": "FBW"[plan.op_kind[i]],
+                 "fused": fused[plan.op_slot[i]], "start_s": run.start[i],
                  "end_s": run.end[i]} for i in range(plan.n_ops)]
         end = float(max(np.max(run.stage_end), np.max(sync_end)))
         for st in range(plan.pp):
             if sync_end[st] > run.stage_end[st]:
-                rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "dp_sync",
-                             "start_s": run.stage_end[st], "end_s": float(sync_end[st])})
-            rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "optimizer", "start_s": end,
-                         "end_s": end + opt_s + gather_s})
+                rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "dp_sync", "op": "",
+                             "fused": False, "start_s": run.stage_end[st], "end_s": float(sync_end[st])})
+            rows.append({"stage": st, "chunk": -1, "micro_batch": -1, "kind": "optimizer", "op": "", "fused": False,
+                         "start_s": end, "end_s": end + opt_s + gather_s})
         return rows
