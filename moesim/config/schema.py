@@ -206,9 +206,17 @@ class DeploymentCfg(Frozen):
     weight_dtype: Dtype = "bf16"
     kv_dtype: Dtype = "bf16"
     activation_dtype: Dtype = "bf16"
+    prefill_replicas: int = Field(0, ge=0)
+    """Disaggregated prefill / decode: the first ``prefill_replicas`` replicas only prefill, the
+    others only decode; a prompt's KV cache moves from its prefill replica to a decode replica
+    over the network when its prefill ends (0: every replica does both)."""
 
     @model_validator(mode="after")
     def _divides(self) -> DeploymentCfg:
+        if self.prefill_replicas and self.prefill_replicas >= self.replicas:
+            raise ValueError(
+                f"prefill_replicas={self.prefill_replicas} leaves no decode replica out of replicas={self.replicas}; "
+                "raise replicas or lower prefill_replicas (0 = no disaggregation)")
         g = self.gpus_per_replica
         if self.attention_tp * self.attention_dp != g:
             raise ValueError(

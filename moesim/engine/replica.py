@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -63,13 +63,24 @@ class Plan:
 
 class Replica:
     """Scheduler and process of replica ``index`` (``dp_groups`` attention-DP groups, each with
-    its own KV pool of ``kv_blocks_per_group`` blocks)."""
+    its own KV pool of ``kv_blocks_per_group`` blocks).
+
+    ``role``: ``both`` (prefill and decode), ``prefill`` (a sequence whose prefill ends is handed to
+    ``handoff(self, seq, now_s)`` and keeps its KV blocks until ``release(seq)``; a one-token
+    request finishes here) or ``decode`` (sequences arrive with their KV cache via ``accept_kv``).
+    """
 
     def __init__(self, *, index: int, env: simpy.Environment, cfg: SchedulerCfg, pcm: PassCostModel,
                  sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
                  queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
                  fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None,
-                 timeseries_bin_s: float = 1.0, shared: SharedLinks | None = None) -> None:
+                 timeseries_bin_s: float = 1.0, shared: SharedLinks | None = None, role: str = "both",
+                 handoff: Callable[[Replica, Seq, float], None] | None = None) -> None:
+        if role not in ("both", "prefill", "decode") or (role == "prefill") != (handoff is not None):
+            raise ValueError(f"role must be both, prefill (with a handoff) or decode, got {role!r}")
+        self.role, self.handoff = role, handoff
+        self.kv_ready: deque[Seq] = deque()
+        """Sequences whose KV cache has landed here (decode role), waiting for KV blocks."""
         self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler
         self.req, self.log, self.passes, self.queue = requests, log, passes, queue
         self.dp = dp_groups
@@ -115,8 +126,44 @@ class Replica:
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
+    def accept_kv(self, rid: int, ctx: int, group: int) -> None:
+        """Decode role: request ``rid``'s KV cache of ``ctx`` tokens has landed in DP group ``group``;
+        it decodes once that group has the blocks (first in line, ahead of new prompts)."""
+        s = Seq(rid, ctx, int(self.req.output_tokens[rid]))
+        s.prefilled = s.ctx = ctx
+        s.group = group
+        self.kv_ready.append(s)
+        self.outstanding += 1
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def release(self, s: Seq) -> None:
+        """Prefill role: ``s``'s KV cache has left; free its blocks."""
+        self.free[s.group] += s.blocks
+        s.blocks = 0
+        self.outstanding -= 1
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def incoming(self, group: int) -> int:
+        """Sequences running or waiting for KV blocks in DP group ``group``."""
+        return sum(1 for s in self.running if s.group == group) + sum(1 for s in self.kv_ready if s.group == group)
+
     def _blocks(self, tokens: int) -> int:
         return -(-tokens // self.block)
+
+    def _admit_kv(self) -> None:
+        """Start decoding the sequences whose KV cache landed, in arrival order, while their group
+        has the blocks (and the batch has room)."""
+        while self.kv_ready and len(self.running) < self.cfg.max_num_seqs:
+            s = self.kv_ready[0]
+            need = self._blocks(s.ctx)
+            if need > self.free[s.group]:
+                break
+            self.kv_ready.popleft()
+            self.free[s.group] -= need
+            s.blocks = need
+            self.running.append(s)
 
     # ------------------------------------------------------------------ scheduling
     def _preempt(self, victim: Seq, plan: Plan) -> None:
@@ -145,6 +192,8 @@ class Replica:
     def schedule(self) -> Plan:
         """Choose this pass's batch (running sequences first, then FIFO admissions)."""
         plan = Plan()
+        if self.kv_ready:
+            self._admit_kv()
         budget = self.cfg.max_batched_tokens
         i = 0
         while i < len(self.running):
@@ -228,7 +277,7 @@ class Replica:
         """The replica's process: schedule, run passes, commit, repeat."""
         env = self.env
         while True:
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self.kv_ready:
                 self.wake = env.event()
                 yield self.wake
                 self.wake = None
@@ -353,3 +402,7 @@ class Replica:
             self.free[s.group] += s.blocks
             self.log.finish_s[s.rid] = now
             self.outstanding -= 1
+        if self.handoff is not None:  # prefill role: prefilled sequences leave with their KV cache
+            for s in [s for s in self.running if s.prefilled == s.prompt_total]:
+                self.running.remove(s)
+                self.handoff(self, s, now)

@@ -17,6 +17,7 @@ from moesim.core.rng import RngStreams
 from moesim.engine.build import Deployment, build_collectives, build_deployment
 from moesim.engine.moe_setup import build_moe_runtime, plan_placement
 from moesim.engine.moe_summary import moe_outcome
+from moesim.engine.disagg import KvHandoff
 from moesim.engine.live_flows import LiveFlows
 from moesim.engine.replan import Replanner
 from moesim.engine.pass_time import PassCostModel
@@ -26,7 +27,7 @@ from moesim.engine.traffic import LinkStats, SharedLinks, link_tables
 from moesim.hardware.calibrated import CalibratedCost
 from moesim.metrics.recorder import LevelLog, PassLog, RequestLog
 from moesim.metrics.result import RunResult
-from moesim.metrics.summary import batch_histogram, request_kpis, request_table, timeseries_table
+from moesim.metrics.summary import batch_histogram, percentiles, request_kpis, request_table, timeseries_table
 from moesim.policies.router import ROUTERS
 from moesim.workload import build_requests, build_routing
 
@@ -80,8 +81,15 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     shared = (SharedLinks(net, d.replica_gpus)
               if net is not None and dep.replicas > 1 and scenario.hardware.network.contention else None)
     live = LiveFlows(env, net) if net is not None else None
+    n_pre = dep.prefill_replicas
+    roles = ["prefill"] * n_pre + ["decode"] * (dep.replicas - n_pre) if n_pre else ["both"] * dep.replicas
+    handoff = None
+    if n_pre:
+        handoff = KvHandoff(env, decode=[], replica_gpus=d.replica_gpus, dp_groups=dep.attention_dp,
+                            kv_bytes_per_token=d.budget.kv_bytes_per_token, router=ROUTERS.build(scenario.router.kind),
+                            collectives=d.collectives, live=live, log=log)
     replicas = [
-        Replica(index=i, env=env, cfg=sched, pcm=pcms[i],
+        Replica(index=i, env=env, cfg=sched, pcm=pcms[i], role=roles[i], handoff=handoff if roles[i] == "prefill" else None,
                 sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
                 requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,
@@ -94,14 +102,20 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
         for r in replicas:
             r.fault_times = tuple(t for t, _ in d.faults)
         env.process(_apply_faults(env, scenario, d, pcms, replicas, live))
+    if handoff is not None:
+        handoff.decode.extend(replicas[n_pre:])
     router = ROUTERS.build(scenario.router.kind)
-    env.process(_arrivals(env, req.arrival_s, replicas, router))
+    env.process(_arrivals(env, req.arrival_s, replicas[:n_pre] if n_pre else replicas, router))
     _advance(env, scenario.engine.horizon_s, float(req.arrival_s[-1]) if len(req) else 0.0, progress)
 
     sim_time = scenario.engine.horizon_s if scenario.engine.horizon_s is not None else env.now
     requests = request_table(req.arrival_s, req.prompt_tokens, req.output_tokens, log,
                              ttft_slo_s=scenario.slo.ttft_s, tpot_slo_s=scenario.slo.tpot_s)
     summary = _summary(scenario, d, requests, pass_logs, pcms, replicas, sim_time)
+    if handoff is not None:
+        summary.update(percentiles("kv_transfer", requests["kv_transfer_s"].to_numpy(dtype=float)))
+        summary.update({"kv_transfers": handoff.transfers, "kv_transfer_bytes": handoff.bytes_moved,
+                        "prefill_replicas": n_pre})
     if isinstance(d.cost, CalibratedCost):
         summary.update(calibration_summary(d.cost, summary))
     busy = float(sum(p.column("duration_s").sum() for p in pass_logs))

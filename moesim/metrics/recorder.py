@@ -73,6 +73,10 @@ class RequestLog:
         self.generated = np.zeros(n, np.int64)
         self.preemptions = np.zeros(n, np.int64)
         self.rejected = np.zeros(n, bool)
+        self.decode_replica = np.full(n, -1, np.int64)
+        """Disaggregated serving: the replica that decoded the request (-1: none / same as ``replica``)."""
+        self.kv_transfer_s = np.full(n, np.nan)
+        """Disaggregated serving: end of prefill to the KV cache landing on the decode replica."""
 
 
 class LevelLog:

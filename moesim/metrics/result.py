@@ -25,7 +25,8 @@ class RunResult:
         summary: headline KPIs (flat JSON-safe dict; see docs/metrics.md).
         requests: one row per request: ``request_id, replica, arrival_s, first_token_s, finish_s,
             prompt_tokens, output_tokens, generated_tokens, preemptions, rejected, ttft_s, tpot_s, e2e_s,
-            finished, slo_met``.
+            finished, slo_met, decode_replica, kv_transfer_s`` (the last two for disaggregated
+            prefill / decode: -1 and NaN otherwise).
         timeseries: one row per (time bin, replica): ``t_s, replica, busy_frac, passes,
             batch_size_mean, prefill_tokens, decode_tokens, kv_occupancy, queue_depth``.
         batch_hist: one row per (replica, batch_size): ``replica, batch_size, passes``.

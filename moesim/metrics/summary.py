@@ -37,6 +37,7 @@ def request_table(arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray,
         "output_tokens": output, "generated_tokens": log.generated, "preemptions": log.preemptions,
         "rejected": log.rejected, "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "finished": finished,
         "slo_met": finished & (ttft <= ttft_slo_s) & tpot_ok,
+        "decode_replica": log.decode_replica, "kv_transfer_s": log.kv_transfer_s,
     })
 
 
