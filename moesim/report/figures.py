@@ -34,7 +34,8 @@ MAX_REPLICA_LINES = 16
 MAX_DROPDOWN_REPLICAS = 8
 """Up to this many replicas, heatmaps get a dropdown to pick one replica or the sum."""
 
-_LATENCIES = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E"))
+_LATENCIES = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E"), ("kv_transfer_s", "KV transfer"))
+"""Request-table columns drawn by ``latency_cdf`` (KV transfer only with disaggregated prefill / decode)."""
 
 
 def _style(fig: go.Figure, title: str, *, height: int = 380) -> go.Figure:
@@ -65,7 +66,8 @@ def _bin_s(result: RunResult) -> float:
 
 
 def latency_cdf(result: RunResult) -> go.Figure | None:
-    """Empirical CDFs of TTFT, TPOT and end-to-end latency (one trace each, log-x)."""
+    """Empirical CDFs of TTFT, TPOT, end-to-end latency and, with disaggregated prefill / decode, the
+    KV-cache transfer (one trace each, log-x)."""
     fig = go.Figure()
     for column, label in _LATENCIES:
         if column not in result.requests.columns:

@@ -35,6 +35,8 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "expert_imbalance_placed_mean")),
     ("MoE health", ("tokens_dropped", "expert_weight_bytes_moved", "replans", "migration_pause_s",
                     "oom_passes", "peak_moe_activation_bytes", "moe_comm_fraction")),
+    ("Disaggregation", ("prefill_replicas", "kv_transfers", "kv_transfer_bytes", "kv_transfer_p50_s",
+                        "kv_transfer_p99_s", "flow_transfers")),
     ("Calibration", ("calibration_queries", "calibration_out_of_domain", "calibration_spread_rel")),
     ("Training", ("parallelism", "schedule", "micro_batches", "steps", "step_time_mean_s", "step_time_p99_s",
                   "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "bubble_fraction", "memory_peak_bytes",
@@ -42,10 +44,12 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Step breakdown", tuple(f"step_{k}_s" for k in (
         "compute", "recompute", "tp_comm", "ep_comm", "gate", "bubble", "pp_comm", "imbalance_wait",
         "straggler_wait", "dp_exposed", "optimizer", "param_gather"))),
-    ("Routing", ("gate", "maxvio_global_first", "maxvio_global_last", "maxvio_micro_mean", "dropped_fraction")),
+    ("Routing", ("gate", "maxvio_global_first", "maxvio_global_last", "maxvio_micro_mean", "dropped_fraction",
+                 "dispatch", "ep_internode_bytes_per_token")),
     ("Time to train", ("train_tokens", "time_to_train_days", "time_to_train_s", "time_to_train_ideal_s", "gpu_hours",
                        "goodput", "failures", "lost_work_s", "restart_total_s", "checkpoint_blocking_s",
-                       "straggler_slowdown")),
+                       "straggler_slowdown", "checkpoints", "checkpoint_bytes", "checkpoint_block_s",
+                       "checkpoint_write_s", "checkpoint_reload_s")),
     ("Simulator", ("forward_passes", "des_events")),
 )
 _LATENCY_ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "E2E"))
