@@ -3,7 +3,8 @@
 Sections: ``parallel`` (the DP x TP x PP x EP x CP mesh), ``schedule`` (pipeline schedule),
 ``data`` (batch, sequence lengths, packing), ``optimizer`` (ZeRO stage, dtypes, gradient-sync
 overlap), ``recompute``, ``gate`` (token -> expert routing rule and its training-time dynamics,
-POLICIES.md C1-C7), ``router`` (how the router's own preferences evolve), ``stragglers``,
+POLICIES.md C1-C7), ``router`` (how the router's own preferences evolve), ``dispatch`` (how tokens
+reach their experts, node-limited routing), ``mtp_depth`` (multi-token prediction), ``stragglers``,
 ``checkpoint`` and ``failures``. The model, GPU, topology, expert popularity (``routing``) and
 expert placement (``placement`` / ``balance``) come from the rest of the scenario; ``deployment``,
 ``scheduler``, ``workload`` and ``slo`` are inference-only and ignored.
@@ -22,7 +23,7 @@ from moesim.config.schema import BytesPerS, Dtype, Frozen, LengthDist, Seconds
 from moesim.core import units
 
 __all__ = [
-    "CheckpointCfg", "FailureCfg", "GATE_KINDS", "GateCfg", "OptimizerCfg", "ParallelCfg", "PhasesCfg",
+    "CheckpointCfg", "DispatchCfg", "FailureCfg", "GATE_KINDS", "GateCfg", "OptimizerCfg", "ParallelCfg", "PhasesCfg",
     "RECOMPUTE_MODULES", "RouterDynamicsCfg", "ScheduleCfg", "StragglerCfg", "TrainDataCfg", "TrainingCfg",
 ]
 
@@ -64,9 +65,14 @@ class ParallelCfg(Frozen):
 class ScheduleCfg(Frozen):
     """Pipeline schedule of the micro-batches of a step."""
 
-    kind: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
-    """``gpipe`` (all forwards, then all backwards), ``1f1b`` (PipeDream-flush), or
-    ``interleaved_1f1b`` (Megatron's virtual pipeline: ``virtual_stages`` model chunks per GPU)."""
+    kind: Literal["gpipe", "1f1b", "interleaved_1f1b", "dualpipe"] = "1f1b"
+    """``gpipe`` (all forwards, then all backwards), ``1f1b`` (PipeDream-flush),
+    ``interleaved_1f1b`` (Megatron's virtual pipeline: ``virtual_stages`` model chunks per GPU), or
+    ``dualpipe`` (DeepSeek-V3: micro-batches fed from both ends, each GPU holding stages ``s`` and
+    ``pp-1-s``, forward and backward chunks of two micro-batches overlapped so that their MoE
+    all-to-all hides behind computation, backward split into input and weight parts; needs an
+    even ``pp`` and an even number of micro-batches ``>= 2 pp``; see
+    ``moesim/engine/training/dualpipe.py``)."""
     virtual_stages: int = Field(1, gt=0)
     """Model chunks per pipeline stage (interleaved_1f1b only; it needs >= 2)."""
     layers_per_chunk: tuple[int, ...] | None = None
@@ -74,8 +80,9 @@ class ScheduleCfg(Frozen):
     (None: as even as possible, the first and last chunks lighter since they hold the embedding
     and the LM head)."""
     ep_comm_overlap: float = Field(0.0, ge=0, le=1)
-    """Share of the MoE dispatch / combine all-to-all hidden behind computation (0: none, as plain
-    1F1B; DualPipe-style forward/backward chunk pairing hides nearly all of it)."""
+    """Share of the MoE dispatch / combine all-to-all hidden behind computation in gpipe / 1f1b /
+    interleaved_1f1b (0: none; a stand-in for overlap those schedules do not model, such as
+    micro-batch splitting). Must stay 0 with ``dualpipe``, which models the hiding itself."""
 
     @model_validator(mode="after")
     def _virtual(self) -> ScheduleCfg:
@@ -83,6 +90,9 @@ class ScheduleCfg(Frozen):
             raise ValueError("kind=interleaved_1f1b needs virtual_stages >= 2 (with 1 it is plain 1f1b)")
         if self.kind != "interleaved_1f1b" and self.virtual_stages != 1:
             raise ValueError(f"virtual_stages={self.virtual_stages} needs kind=interleaved_1f1b")
+        if self.kind == "dualpipe" and self.ep_comm_overlap:
+            raise ValueError(f"ep_comm_overlap={self.ep_comm_overlap} with kind=dualpipe: DualPipe hides the "
+                             "all-to-all in its overlapped forward/backward chunks itself; set ep_comm_overlap: 0")
         return self
 
 
@@ -109,9 +119,12 @@ class TrainDataCfg(Frozen):
 class OptimizerCfg(Frozen):
     """Mixed-precision Adam with an optional ZeRO-sharded (distributed) optimizer."""
 
-    zero: Literal[0, 1, 2] = 1
+    zero: Literal[0, 1, 2, 3] = 1
     """0: replicated states, gradients all-reduced; 1: optimizer states sharded over DP, gradients
-    reduce-scattered, parameters all-gathered after the update; 2: gradients sharded too."""
+    reduce-scattered, parameters all-gathered after the update; 2: gradients sharded too; 3:
+    parameters sharded too (FSDP): every layer's parameters all-gathered before its forward and
+    again before its backward, its gradients reduce-scattered after its backward, per micro-batch
+    (``moesim/engine/training/zero3.py``)."""
     compute_dtype: Dtype = "bf16"
     """GEMM dtype (``fp8``: FP8 tensor-core FLOP/s, as DeepSeek-V3)."""
     param_dtype: Dtype = "bf16"
@@ -122,9 +135,12 @@ class OptimizerCfg(Frozen):
     state_dtype: Dtype = "fp32"
     """Adam first and second moments (DeepSeek-V3 keeps them in bf16)."""
     overlap_grad_reduce: bool = True
-    """Launch each gradient bucket's reduction as soon as the last micro-batch's backward produced it."""
+    """Launch each gradient bucket's reduction as soon as the last micro-batch's backward produced it
+    (ZeRO-3: run each layer's reduce-scatter behind the backward of the next; off: it blocks)."""
     overlap_param_gather: bool = False
-    """Hide the ZeRO parameter all-gather behind the next step's forward."""
+    """ZeRO-1/2: hide the parameter all-gather behind the next step's forward. ZeRO-3: prefetch
+    each layer's parameters behind the computation of the one before (exposed only where the
+    gathers outlast an op's computation); off: every gather blocks its layer."""
     bucket_params: int = Field(40_000_000, gt=0)
     """Parameters per gradient bucket (Megatron's default 40M)."""
 
@@ -216,6 +232,30 @@ class RouterDynamicsCfg(Frozen):
     step (to simulate mid-training steps with a converged balancer); drift and phases count them."""
 
 
+class DispatchCfg(Frozen):
+    """How the MoE layers' tokens travel to their experts' EP ranks (dispatch) and back (combine);
+    see ``moesim/engine/training/dispatch.py``."""
+
+    kind: Literal["direct", "hierarchical"] = "direct"
+    """``direct``: every (token, expert slot) is its own message to the rank computing it, a token
+    crossing the network once per selected expert off its host (Megatron's all-to-all token
+    dispatcher); ``hierarchical``: DeepEP's normal kernels: a token crosses the network once per
+    destination host (RDMA to the GPU with the sender's local rank), then NVLink once to each
+    destination GPU of that host; combine mirrors it."""
+    max_nodes: int | None = Field(None, gt=0)
+    """Node-limited routing (DeepSeek-V3: 4): each token's experts lie on at most this many hosts of
+    its EP group (the hosts with the highest affinity sums), so a token crosses the network at most
+    this many times; None: no limit. Needs ``kind: hierarchical``: direct messages go once per
+    expert anyway."""
+
+    @model_validator(mode="after")
+    def _limit(self) -> DispatchCfg:
+        if self.max_nodes is not None and self.kind != "hierarchical":
+            raise ValueError(f"max_nodes={self.max_nodes} bounds the hosts a token is sent to, which saves traffic "
+                             "only when a token crosses the network once per host: set kind: hierarchical")
+        return self
+
+
 class StragglerCfg(Frozen):
     """Slow GPUs, transient jitter and degraded links."""
 
@@ -236,14 +276,37 @@ class StragglerCfg(Frozen):
 
 
 class CheckpointCfg(Frozen):
-    """Periodic checkpoints: every rank writes its shard of parameters and optimizer state."""
+    """Periodic checkpoints: every GPU copies its shard of parameters and optimizer state to host
+    memory over its host link, and the host writes it to ``target`` (see
+    ``moesim/engine/training/checkpoint.py``; restarts read it back the same way)."""
 
     interval_steps: int = Field(1000, gt=0)
+    target: Literal["remote", "local_nvme"] = "remote"
+    """``remote``: a shared store reached through each host's NICs (the topology's
+    ``nics_per_node x nic_bandwidth``), all hosts together capped at ``storage_bytes_per_s``;
+    ``local_nvme``: each host's own NVMe at ``nvme_bytes_per_s``."""
     storage_bytes_per_s: BytesPerS = 1e12
-    """Aggregate write (and read) bandwidth of the checkpoint storage system."""
+    """target=remote: aggregate write (and read) bandwidth of the checkpoint storage system."""
+    nvme_bytes_per_s: BytesPerS | None = None
+    """target=local_nvme: write (and read) bandwidth of one host's NVMe drives together (required
+    there; e.g. ``25GB/s`` for eight Gen4 drives striped)."""
+    parallel_save: bool = True
+    """Bytes held by several data-parallel copies (parameters, and optimizer states with ZeRO-0)
+    are written once, split evenly over the copies (Megatron's fully parallel save); false: the
+    first data-parallel rank writes them all (DeepSpeed's layout), so its hosts write more."""
     async_save: bool = True
     """Training blocks only while each GPU copies its shard to host memory (over PCIe); the write to
-    storage overlaps the following steps."""
+    storage overlaps the following steps, and a failure before it ends falls back to the previous
+    checkpoint. False: training blocks for the copy and the write."""
+
+    @model_validator(mode="after")
+    def _target(self) -> CheckpointCfg:
+        if self.target == "local_nvme" and self.nvme_bytes_per_s is None:
+            raise ValueError("target=local_nvme needs nvme_bytes_per_s (one host's NVMe write bandwidth, e.g. "
+                             "25GB/s), or use target=remote with storage_bytes_per_s")
+        if self.target == "remote" and self.nvme_bytes_per_s is not None:
+            raise ValueError("nvme_bytes_per_s is only used with target=local_nvme; drop it or set target: local_nvme")
+        return self
 
 
 class FailureCfg(Frozen):
@@ -275,6 +338,11 @@ class TrainingCfg(Frozen):
     low-precision activation caching); expert outputs stay in bf16."""
     gate: GateCfg = GateCfg()
     router: RouterDynamicsCfg = RouterDynamicsCfg()
+    dispatch: DispatchCfg = DispatchCfg()
+    mtp_depth: int = Field(0, ge=0)
+    """Multi-token prediction modules (DeepSeek-V3: 1), on the last pipeline chunk: each adds one
+    transformer block (MoE for MoE models), an RMSNorm'd ``2d -> d`` projection, a lookup in the
+    shared embedding and a pass through the shared output head (``moesim/engine/training/mtp.py``)."""
     stragglers: StragglerCfg = StragglerCfg()
     checkpoint: CheckpointCfg = CheckpointCfg()
     failures: FailureCfg = FailureCfg()

@@ -14,7 +14,9 @@ rate (``TiledTopology.degrade_nodes``), which slows every collective and transfe
 **Failures** (``simulate_run``). The run needs ``steps`` steps of ``step_s`` seconds; every
 ``interval`` steps a checkpoint blocks training for ``block_s`` (sync: the whole write; async:
 the copy to host memory) and becomes restorable ``commit_s`` after the snapshot (the storage
-write). Failures arrive as a Poisson process of rate ``rate_per_s`` (GPUs x 1/MTBF + hosts x
+write; sizes and times from ``checkpoint.py``). A snapshot cannot start before the previous
+checkpoint has drained to storage (it waits: ``checkpoint_drain_wait_s``, counted in the
+blocking). Failures arrive as a Poisson process of rate ``rate_per_s`` (GPUs x 1/MTBF + hosts x
 1/MTBF) plus injected wall-clock times. A failure at wall time ``f`` loses the work since the
 restored state's resume time (the latest *committed* checkpoint, or the last restart) and costs
 ``restart_s`` (re-initialisation plus checkpoint load) before training resumes; a failure during
@@ -108,18 +110,23 @@ def simulate_run(*, steps: int, step_s: float, interval: int, block_s: float, co
     t, done, resume_t, resume_steps = 0.0, 0, 0.0, 0
     commits: list[tuple[float, float, int]] = []       # (commit time, resume time, steps) per checkpoint
     rows, prog = [], [(0.0, 0)]
-    ckpt_s = lost_total = restart_total = 0.0
+    ckpt_s = lost_total = restart_total = wait_total = pending = 0.0
+    n_ckpt = 0
     fail = pop_failure() if (injected or np.isfinite(poisson)) else np.inf
     while done < steps:
         k = min(interval, steps - done)              # `done` is always a checkpoint boundary here
         last = done + k >= steps
-        seg = k * step_s + (0.0 if last else block_s)
+        wait = 0.0 if last else max(0.0, pending - (t + k * step_s))   # the previous drain still running
+        seg = k * step_s + (0.0 if last else wait + block_s)
         if fail >= t + seg:
             t += seg
             done += k
             if not last:
-                ckpt_s += block_s
+                ckpt_s += wait + block_s
+                wait_total += wait
+                n_ckpt += 1
                 commits.append((t - block_s + commit_s, t, done))
+                pending = commits[-1][0]
             prog.append((t, done))
             continue
         # a failure inside this segment, or during the restart before it (fail < t)
@@ -136,6 +143,7 @@ def simulate_run(*, steps: int, step_s: float, interval: int, block_s: float, co
                      "restored_step": base_steps})
         prog.append((fail, min(reached, steps)))
         t = fail + restart_s
+        pending = 0.0                                   # an unfinished drain died with the failure
         done = resume_steps = base_steps
         resume_t = t
         commits = [c for c in commits if c[2] <= base_steps]
@@ -144,7 +152,8 @@ def simulate_run(*, steps: int, step_s: float, interval: int, block_s: float, co
     useful = steps * step_s
     summary = {
         "time_to_train_s": t, "useful_work_s": useful, "checkpoint_blocking_s": ckpt_s, "lost_work_s": lost_total,
-        "restart_total_s": restart_total, "failures": float(len(rows)),
+        "restart_total_s": restart_total, "failures": float(len(rows)), "checkpoints": float(n_ckpt),
+        "checkpoint_drain_wait_s": wait_total,
         "goodput": useful / t if t > 0 else 1.0,
     }
     p = np.asarray(prog, dtype=np.float64)

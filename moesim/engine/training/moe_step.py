@@ -12,8 +12,10 @@ Per step:
 3. counts -> tokens per EP rank and local expert through the placement in force (contiguous:
    a reshape; otherwise the even split over replicas, or the scenario's balancer);
 4. ``moe_layers_cost`` (shared with inference) costs every draw's MoE layers on the EP group of
-   each stage: slowest rank's grouped GEMMs plus dispatch + combine all-to-alls; the same with
-   perfectly balanced counts gives the *imbalance* share;
+   each stage: slowest rank's grouped GEMMs plus dispatch + combine all-to-alls (``direct``; with
+   ``dispatch.kind: hierarchical`` the all-to-alls come from ``dispatch.EpDispatch``: once per
+   host over the network, node-limited routing); the same with perfectly balanced counts gives
+   the *imbalance* share;
 5. every (micro-batch, chunk) op picks one draw at random; the gate observes the draws' summed
    selections (the global-batch load) and updates its state.
 
@@ -31,6 +33,7 @@ import numpy as np
 from moesim.config.training import TrainingCfg
 from moesim.engine.moe_layer import MoeShape, gemm_tokens_from_decision, moe_layers_cost, transfer_bytes
 from moesim.engine.moe_pool import MoeRuntime
+from moesim.engine.training.dispatch import EpDispatch
 from moesim.engine.training.layout import ChunkLayout
 from moesim.hardware.cost import CostModel
 from moesim.network.collectives import CollectiveCost
@@ -89,13 +92,14 @@ class MoeStepModel:
         placement, balancer: the placement in force and the runtime balancer (None: even split).
         affinity, gate: natural router logits and the gate policy.
         group_tokens: tokens of one EP group's micro-batch; top_k; samples: draws per step.
-        cfg: the training section.
+        cfg: the training section; node_of: host of every topology GPU (for the dispatch;
+            default: the collectives' topology, else one host).
     """
 
     def __init__(self, *, layout: ChunkLayout, stage_groups: list[tuple[int, ...]], shape: MoeShape,
                  placement: Placement, balancer: BalancePolicy | None, affinity: RouterAffinity,
                  gate: GatePolicy, cost: CostModel, coll: CollectiveCost, group_tokens: int, top_k: int,
-                 samples: int, cfg: TrainingCfg, pp: int) -> None:
+                 samples: int, cfg: TrainingCfg, pp: int, node_of: np.ndarray | None = None) -> None:
         self.lay, self.cost, self.coll = layout, cost, coll
         self.placement, self.balancer = placement, balancer
         self.affinity, self.gate = affinity, gate
@@ -111,6 +115,15 @@ class MoeStepModel:
         self.shape = shape
         self.overlap = cfg.schedule.ep_comm_overlap
         self._stage_layers = self._group_stages(stage_groups, pp)
+        if node_of is None:
+            topo = getattr(coll, "topology", None)
+            node_of = np.asarray(topo.node_of) if topo is not None else np.zeros(max(max(g) for g in stage_groups) + 1)
+        self._dispatch = [EpDispatch(cfg.dispatch, node_of=node_of, group=sh.gpus, expert_tp=sh.expert_tp,
+                                     hidden=sh.hidden, act_bytes=sh.act_bytes, top_k=top_k, n_experts=n_experts)
+                          for sh, _ in self._stage_layers]
+        self.hierarchical = cfg.dispatch.kind == "hierarchical"
+        self.internode_bytes: list[float] = []
+        """Per step, dispatch bytes a token sends across hosts (mean over draws and layers)."""
         self.step_offset = 0
         self._balanced_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -179,11 +192,12 @@ class MoeStepModel:
         s, n_layers = gemm.shape[:2]
         g_max, comm = np.zeros((s, n_layers)), np.zeros((s, n_layers))
         total = gemm.sum(axis=(-1, -2))                                  # [S, L]
-        for shape, idx in self._stage_layers:
+        for (shape, idx), disp in zip(self._stage_layers, self._dispatch):
             wp = pairs[:, idx] if pairs is not None else None
             real = moe_layers_cost(gemm[:, idx], shape, self.cost, self.coll, weight_pairs=wp)
             g_max[:, idx] = real.gemm_s.max(axis=-1)
-            comm[:, idx] = real.comm_s + real.transfer_s
+            a2a = disp.comm_s(self.coll, gemm[:, idx].sum(axis=-1)) if self.hierarchical else real.comm_s
+            comm[:, idx] = a2a + real.transfer_s
         g_bal, c_bal = self._balanced(total)
         return g_max, comm, g_bal, c_bal
 
@@ -198,10 +212,11 @@ class MoeStepModel:
         uniq, inv = np.unique(total.ravel(), return_inverse=True)     # few distinct totals (usually one)
         even = np.broadcast_to((uniq / n_exp)[:, None, None, None], (uniq.size, 1, p, n_exp // p))
         g_bal, c_bal = np.zeros((s, n_layers)), np.zeros((s, n_layers))
-        for shape, idx in self._stage_layers:
+        for (shape, idx), disp in zip(self._stage_layers, self._dispatch):
             bal = moe_layers_cost(even, shape, self.cost, self.coll)
+            a2a = disp.comm_s(self.coll, even.sum(axis=-1)) if self.hierarchical else bal.comm_s
             g_bal[:, idx] = bal.gemm_s.max(axis=-1)[:, 0][inv].reshape(s, n_layers)[:, idx]
-            c_bal[:, idx] = bal.comm_s[:, 0][inv].reshape(s, n_layers)[:, idx]
+            c_bal[:, idx] = a2a[:, 0][inv].reshape(s, n_layers)[:, idx]
         if len(self._balanced_cache) > 64:
             self._balanced_cache.clear()
         self._balanced_cache[key] = (g_bal, c_bal)
@@ -241,6 +256,9 @@ class MoeStepModel:
         dropped = dropped + balancer_dropped
         g_max, comm, g_bal, c_bal = self._layer_costs(gemm, pairs)
         slots = gemm.sum(axis=-1)                                        # [S, L, P]
+        self.internode_bytes.append(float(np.mean(np.concatenate(
+            [d.internode_bytes_per_token(slots[:, idx]).ravel() for (_, idx), d in zip(self._stage_layers,
+                                                                                        self._dispatch)]))))
         idx = rng.integers(0, self.samples, size=(micro_batches, self.lay.chunks))
         hide = 1.0 - self.overlap
         per_op = {name: self._per_op(x, idx) for name, x in

@@ -153,7 +153,8 @@ def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict
                  maxvio_global_last=float(steps["maxvio_global"].iloc[-1]),
                  maxvio_micro_mean=float(steps["maxvio_micro"].mean()),
                  dropped_fraction=float(steps["dropped_fraction"].mean()),
-                 dispatch=cfg.dispatch.kind + (f" (max {cfg.dispatch.max_nodes} nodes)" if cfg.dispatch.max_nodes else ""),
+                 dispatch=cfg.dispatch.kind + (f" (max {cfg.dispatch.max_nodes} nodes)"
+                                               if cfg.dispatch.max_nodes else ""),
                  ep_internode_bytes_per_token=float(np.mean(setup.moe.internode_bytes)))
     r = run.summary
     ideal_step = float((steps["step_s"] - steps["straggler_wait_s"]).mean())

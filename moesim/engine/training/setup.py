@@ -10,7 +10,8 @@ What is simulated (the symmetry the engine exploits, so that 2,048 GPUs cost one
 * **the EP group of each stage**: the first one, or the one holding a slow GPU / degraded host
   (``StragglerModel``); its GPU ids give the all-to-all costs on the topology;
 * **DP synchronisation** over the real groups of every stage (all ``dp x cp`` ranks, all
-  ``expert_dp`` ranks);
+  ``expert_dp`` ranks; with DualPipe both copies of a stage: those of stages ``s`` and
+  ``pp-1-s``); ZeRO-3's per-op gathers and reduce-scatters over the same groups (``zero3.py``);
 * **memory** of every stage.
 
 Not simulated: the other bundles (assumed no slower, except what the straggler model moves into
@@ -38,8 +39,10 @@ from moesim.engine.training.layout import ChunkLayout, chunk_layout
 from moesim.engine.training.memory import MemoryModel, ParamSplit, param_split
 from moesim.engine.training.mesh import Mesh, build_mesh
 from moesim.engine.training.moe_step import MoeStepModel, build_gate
+from moesim.engine.training.mtp import mtp_model, mtp_params
 from moesim.engine.training.opcost import DenseOpModel
 from moesim.engine.training.schedule import PipelinePlan, build_plan
+from moesim.engine.training.zero3 import Zero3Comm
 from moesim.hardware.cost import CostModel, build_cost_model
 from moesim.network.collectives import CollectiveCost, SimpleCollectives
 from moesim.network.tiled import fast_topology
@@ -73,10 +76,11 @@ class TrainingSetup:
     moe: MoeStepModel | None
     sync: GradSync
     stragglers: StragglerModel
-    p2p_f: np.ndarray
-    """``[C]`` forward point-to-point seconds into each chunk (0 for chunk 0)."""
-    p2p_b: np.ndarray
-    """``[C]`` backward point-to-point seconds into each chunk (0 for the last)."""
+    p2p: np.ndarray
+    """Per op id, seconds of the point-to-point transfer into it (0 unless its dependency is on
+    another stage)."""
+    zero3: Zero3Comm | None
+    """ZeRO-3 per-op communication (``optimizer.zero: 3``), else None."""
     streams: RngStreams
     micro_batch_tokens: int
     placement: Placement | None
@@ -113,10 +117,13 @@ def _placement(scenario: Scenario, model: ModelSpec, mesh: Mesh, topo: Any, grou
                                                      bandwidth=bandwidth, expert_bytes=expert_bytes)
 
 
-def _groups(mesh: Mesh, edp_choice: list[int]) -> dict[str, list[tuple[int, ...]]]:
-    """Per stage, the simulated bundle's TP / CP / EP groups, the stage's DP / expert-DP groups, and
-    ``lead``: the data-parallel rank whose GPUs carry the bundle's pipeline transfers."""
-    out: dict[str, list[tuple[int, ...]]] = {"tp": [], "cp": [], "ep": [], "dp": [], "edp": [], "lead": []}
+def _groups(mesh: Mesh, edp_choice: list[int], *, dual: bool = False) -> dict[str, list[tuple[int, ...]]]:
+    """Per stage, the simulated bundle's TP / CP / EP groups, the stage's DP / expert-DP groups,
+    ``lead``: the data-parallel rank whose GPUs carry the bundle's pipeline transfers, and
+    ``dp_sync`` / ``edp_sync``: the groups its gradients reduce over (``dual``: DualPipe's two
+    copies of the stage, on stages ``s`` and ``pp-1-s``)."""
+    out: dict[str, list[tuple[int, ...]]] = {"tp": [], "cp": [], "ep": [], "dp": [], "edp": [], "lead": [],
+                                             "dp_sync": [], "edp_sync": []}
     for s in range(mesh.pp):
         ep = mesh.ep_group(s, edp_choice[s])
         lead = mesh.locate(ep[0])
@@ -126,6 +133,10 @@ def _groups(mesh: Mesh, edp_choice: list[int]) -> dict[str, list[tuple[int, ...]
         out["dp"].append(mesh.dp_group(s))
         out["edp"].append(mesh.expert_dp_group(s))
         out["lead"].append((lead["dp"],))
+    for s in range(mesh.pp):      # DualPipe: a stage's two copies reduce (and shard) together
+        mirror = mesh.pp - 1 - s
+        out["dp_sync"].append(out["dp"][s] + out["dp"][mirror] if dual else out["dp"][s])
+        out["edp_sync"].append(out["edp"][s] + out["edp"][mirror] if dual else out["edp"][s])
     return out
 
 
@@ -137,7 +148,7 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     """
     cfg = scenario.training
     assert cfg is not None
-    model, gpu = resolve_model(scenario), resolve_gpu(scenario)
+    model, gpu = mtp_model(resolve_model(scenario), cfg.mtp_depth), resolve_gpu(scenario)   # MTP blocks as layers
     spec = load_topology(scenario.hardware.topology)
     topo = fast_topology(spec)
     mesh = build_mesh(cfg, model, topology_gpus=topo.n_gpus, gpus_per_node=spec.gpus_per_node if spec.nodes else 1,
@@ -160,11 +171,12 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
         ZeroCollectives() if cost_cfg.kind == "constant" else
         SimpleCollectives(topo, efficiency=cost_cfg.network_efficiency, all_reduce_algorithm="auto"))
     sched = cfg.schedule
-    layout = chunk_layout(model, mesh.pp * sched.virtual_stages, sched.layers_per_chunk)
+    layout = chunk_layout(model, mesh.pp * sched.virtual_stages, sched.layers_per_chunk, mtp_depth=cfg.mtp_depth)
     plan = build_plan(sched.kind, pp=mesh.pp, micro_batches=mesh.micro_batches, virtual=sched.virtual_stages)
-    groups = _groups(mesh, strag.edp_choice)
+    groups = _groups(mesh, strag.edp_choice, dual=sched.kind == "dualpipe")
     mb_tokens = cfg.data.micro_batch_seqs * cfg.data.seq_len
     params = param_split(shape, mesh, layout)
+    params = ParamSplit(params.dense + mtp_params(model, layout, plan) / mesh.tp, params.expert)
     moe_model, placement, balanced_slots = None, None, np.zeros(model.n_moe_layers)
     if model.moe is not None:
         moe = model.moe
@@ -184,39 +196,46 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
         moe_model = MoeStepModel(layout=layout, stage_groups=groups["ep"], shape=mshape, placement=placement,
                                  balancer=build_balancer(scenario), affinity=affinity,
                                  gate=build_gate(cfg, moe.top_k), cost=cost, coll=coll, group_tokens=t_group,
-                                 top_k=moe.top_k, samples=cfg.samples_per_step, cfg=cfg, pp=mesh.pp)
+                                 top_k=moe.top_k, samples=cfg.samples_per_step, cfg=cfg, pp=mesh.pp,
+                                 node_of=np.asarray(topo.node_of))
         moe_model.warm_up(cfg.router.warmup_steps)
         balanced_slots = np.full(model.n_moe_layers, t_group * moe.top_k / mesh.ep)
-    memory = MemoryModel(shape=shape, mesh=mesh, layout=layout, plan=plan, cfg=cfg, gpu=gpu, params=params)
+    zero3 = None
+    if opt.zero >= 3:
+        redundancy = 1.0 if model.moe is None else \
+            (model.moe.n_routed_experts + scenario.placement.redundant_experts) / model.moe.n_routed_experts
+        zero3 = Zero3Comm(shape=shape, mesh=mesh, layout=layout, plan=plan, cfg=cfg, coll=coll,
+                          dp_groups=groups["dp_sync"], edp_groups=groups["edp_sync"], expert_redundancy=redundancy)
+    sizes = (np.array([len(g) for g in groups["dp_sync"]]), np.array([len(g) for g in groups["edp_sync"]]))
+    memory = MemoryModel(shape=shape, mesh=mesh, layout=layout, plan=plan, cfg=cfg, gpu=gpu, params=params,
+                         group_sizes=sizes, gathered=zero3.gathered_bytes if zero3 is not None else None)
     table = memory.check(mb_tokens, balanced_slots)
     dense = DenseOpModel(shape=shape, cost=cost, coll=coll, mesh=mesh, layout=layout, cfg=cfg,
                          tp_groups=groups["tp"], cp_groups=groups["cp"], dp_groups=groups["dp"])
-    sync = GradSync(params=params, mesh=mesh, plan=plan, cfg=cfg, cost=cost, coll=coll, dp_groups=groups["dp"],
-                    edp_groups=groups["edp"])
-    p2p_f, p2p_b = _p2p(mesh, plan, coll, groups, mb_tokens, model.hidden_size * shape.act_bytes_per_elem)
+    sync = GradSync(params=params, mesh=mesh, plan=plan, cfg=cfg, cost=cost, coll=coll, dp_groups=groups["dp_sync"],
+                    edp_groups=groups["edp_sync"])
+    p2p = _p2p(mesh, plan, coll, groups, mb_tokens, model.hidden_size * shape.act_bytes_per_elem)
     return TrainingSetup(scenario=scenario, cfg=cfg, model=model, gpu=gpu, shape=shape, topology=topo, cost=cost,
                          coll=coll, mesh=mesh, layout=layout, plan=plan, params=params, memory=memory,
-                         memory_table=table, dense=dense, moe=moe_model, sync=sync, stragglers=strag, p2p_f=p2p_f,
-                         p2p_b=p2p_b, streams=streams, micro_batch_tokens=mb_tokens, placement=placement)
+                         memory_table=table, dense=dense, moe=moe_model, sync=sync, stragglers=strag, p2p=p2p,
+                         zero3=zero3, streams=streams, micro_batch_tokens=mb_tokens, placement=placement)
 
 
 def _p2p(mesh: Mesh, plan: PipelinePlan, coll: CollectiveCost, groups: dict[str, list[tuple[int, ...]]],
-         mb_tokens: int, bytes_per_token: float) -> tuple[np.ndarray, np.ndarray]:
-    """Activation / gradient transfer seconds between consecutive chunks' stages (per TP rank, SP shard)."""
-    c_total = plan.chunks
+         mb_tokens: int, bytes_per_token: float) -> np.ndarray:
+    """Per op, the activation / gradient transfer from its dependency's stage (per TP rank, SP shard)."""
     nbytes = mb_tokens / (mesh.tp * mesh.cp) * bytes_per_token
-    f, b = np.zeros(c_total), np.zeros(c_total)
-    for c in range(c_total):
-        s = c % mesh.pp
-        dp_rank = groups["lead"][s][0]
-        if c > 0:
-            src = (c - 1) % mesh.pp
-            if src != s:
-                f[c] = float(coll.p2p_s(mesh.gpu(stage=src, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank),
-                                        nbytes))
-        if c < c_total - 1:
-            dst = (c + 1) % mesh.pp
-            if dst != s:
-                b[c] = float(coll.p2p_s(mesh.gpu(stage=dst, dp_rank=dp_rank), mesh.gpu(stage=s, dp_rank=dp_rank),
-                                        nbytes))
-    return f, b
+    cache: dict[tuple[int, int], float] = {}
+    out = np.zeros(plan.n_ops)
+    for me, dep in enumerate(plan.dep_of):
+        if dep < 0:
+            continue
+        src, dst = plan.op_stage[dep], plan.op_stage[me]
+        if src == dst:
+            continue
+        if (src, dst) not in cache:
+            dp_rank = groups["lead"][dst][0]
+            cache[(src, dst)] = float(coll.p2p_s(mesh.gpu(stage=src, dp_rank=dp_rank),
+                                                 mesh.gpu(stage=dst, dp_rank=dp_rank), nbytes))
+        out[me] = cache[(src, dst)]
+    return out
