@@ -28,8 +28,8 @@ Duplicate measurements of one point are averaged in log space. ``fit.roofline`` 
 achieved FLOP/s per dtype, the best streaming bandwidth and the launch latency: the shape of the
 fallback outside the grid. ``fit.spread`` is each op's median relative spread. ``fit.host`` holds
 the per-pass host costs: ``per_op_s`` (host time to issue one op), ``launch_s`` (back-to-back
-launch of a tiny kernel), ``kernel_s`` (the larger of the two: what each kernel of an eager pass
-costs on top of its measured time) and ``graph_launch_s`` (one CUDA graph replay; ``launch_s``
+launch of a tiny kernel), ``kernel_s`` (the larger of the two: the least one eager kernel takes,
+already inside the eager tables' small end) and ``graph_launch_s`` (one CUDA graph replay; ``launch_s``
 where graphs were not measured).
 """
 

@@ -13,8 +13,8 @@ What is timed (all in the model dtype, bf16, unless said otherwise):
   uncompressed prefill and absorbed latent decode);
 - memory: device-to-device copies; on CUDA also host<->device copies, pinned and pageable;
 - host: kernel launch latency, per-op host (dispatch) time and, on CUDA, the launch of a CUDA
-  graph replay; a calibrated model charges a pass ``kernels x max(per-op, launch)`` eagerly and
-  one graph launch in CUDA-graph mode (``fit.host``).
+  graph replay (``fit.host``); a calibrated model charges one graph launch per CUDA-graph pass
+  (eager launches are inside the eager tables, which time ops launched back to back).
 
 Timing: on CUDA, CUDA events around ``inner`` back-to-back calls after a warm-up, synchronised
 before and after, repeated ``repeats`` times; inputs rotate over enough copies to defeat the L2

@@ -5,8 +5,8 @@ residual; then RMSNorm and either a dense SwiGLU FFN or an MoE block (softmax to
 renormalised weights, tokens sorted by expert, grouped SwiGLU experts, weighted combine, shared
 experts); a final RMSNorm and the LM head on the last token of each sequence, with greedy
 sampling. Prefill passes run fresh prompts; decode passes append one token per sequence to a KV
-cache already holding ``ctx`` tokens. No rotary embedding is applied (it is a small elementwise
-op the pass model does not separate from the norms).
+cache already holding ``ctx`` tokens. No rotary embedding is applied (the pass model charges none
+either).
 
 Attention: MHA/GQA as a fused QKV projection and SDPA (GQA through ``enable_gqa``). MLA
 (DeepSeek-V2/V3) as the serving kernels run it: the cache holds one latent per token
@@ -22,9 +22,9 @@ preset (hidden, vocab, intermediate sizes, LoRA ranks, heads, routed experts) by
 per-head dims, the top-k and the layer structure, so a CPU can run a model of the same kind;
 ``cpu_scale`` is the default factor on CPU (widths down to a hidden size of at most 512).
 
-``kernels_per_pass`` counts the kernels (non-view torch ops) one forward of this model launches:
-the eager host overhead a calibrated model charges per pass is that count x the measured per-op
-overhead.
+``kernels_per_pass`` counts the kernels (non-view torch ops) one forward of this model launches;
+the simulator's pass model prices the same kernels one by one (``moesim.hardware.layer_ops``,
+plus the prompt's KV-cache writes a server makes), which the tests check.
 """
 
 from __future__ import annotations

@@ -132,17 +132,15 @@ def _gpu_preset(profile: Any) -> str:
     return next((preset for key, preset in GPU_PRESETS if key in name), "h100-sxm")
 
 
-def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], mode: str, *,
-                  impl: str = "grouped_mm") -> list[dict[str, Any]]:
+def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], mode: str) -> list[dict[str, Any]]:
     """Simulated pass times of ``cases`` (mean over routing samples) with out-of-domain counts.
 
     The scenario: one replica on one GPU, uniform routing (a random-weight router spreads tokens
     evenly), zero framework host overhead (the reference loop has no scheduler or sampler). The
-    host overhead is the calibrated launch cost of the kernels the reference forward launches
-    (``kernels_per_pass`` with the grouped-expert ``impl`` it ran): their count x the measured
-    per-kernel overhead eagerly, one graph launch in graph mode (``CalibratedCost.host_overhead_s``).
+    pass model prices every kernel the forward launches (``hardware.layer_ops``; ``kernels`` in
+    the result): in eager mode from the eager tables, whose answers include each kernel's host
+    issue time, in graph mode from the graph tables plus one graph launch (``host_s``).
     """
-    from moesim.calibration.reference import kernels_per_pass
     from moesim.config.schema import CostCfg, DeploymentCfg, HardwareCfg, RoutingLoadCfg, Scenario
     from moesim.core.rng import RngStreams
     from moesim.engine.build import build_deployment
@@ -165,13 +163,12 @@ def predict_cases(profile_path: str, profile: Any, spec: Any, cases: list[Any], 
             g = GroupBatch(prefill_chunk=np.full(b, case.tokens, np.int64), prefill_prior=np.zeros(b, np.int64))
         else:
             g = GroupBatch(decode_ctx=np.full(b, case.tokens, np.int64))
-        if hasattr(cost, "kernels_per_pass"):
-            cost.kernels_per_pass = kernels_per_pass(spec, case.phase, impl=impl, tokens=g.tokens)
         before = sum(getattr(cost, "out_of_domain", {}).values())
         n = scenario.routing.samples_per_shape
         t = float(np.mean([pcm.pass_times([g], 1, np.array([i]))[0] for i in range(n)]))
         ood = sum(getattr(cost, "out_of_domain", {}).values()) - before
-        out.append({"predicted_s": t, "ood_queries": int(ood), "host_s": float(cost.host_overhead_s)})
+        out.append({"predicted_s": t, "ood_queries": int(ood), "host_s": float(cost.host_overhead_s),
+                    "kernels": pcm.kernels_per_pass(g.tokens, g.seqs, g.decode_ctx.size)})
     return out
 
 
@@ -192,8 +189,7 @@ def validate(profile_path: str, *, model: str | None = None, layers: int | None 
     cases = default_cases(device, quick)
     measured = time_cases(spec, cases, device=device, quick=quick)
     modes = ["eager"] + (["graph"] if "graph" in profile.modes() else [])
-    impl = measured[0]["impl"] if measured else "grouped_mm"
-    preds = {m: predict_cases(profile_path, profile, spec, cases, m, impl=impl) for m in modes}
+    preds = {m: predict_cases(profile_path, profile, spec, cases, m) for m in modes}
     rows = []
     for i, (case, meas) in enumerate(zip(cases, measured)):
         for m in modes:

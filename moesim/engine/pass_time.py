@@ -1,9 +1,13 @@
 """Forward-pass time of one replica, computed (not simulated) with numpy over layers x ranks.
 
-A pass is: for every layer, attention (projections, core, TP all-reduces) on each attention-DP
-group, then either a dense FFN or an MoE block (router GEMM, softmax / top-k, token permute,
-dispatch all-to-all, grouped expert GEMMs per EP rank, combine all-to-all, weighted unpermute,
-shared experts), plus the LM head and a fixed host overhead.
+A pass is: for every layer, attention (norm, projections, KV-cache writes, core, output
+projection, residual, TP all-reduces) on each attention-DP group, then either a dense FFN or an
+MoE block (norm, router GEMM and its softmax / top-k / sort chain, token gather, dispatch
+all-to-all, grouped expert GEMMs per EP rank, combine all-to-all, weighting and scatter-add
+combine, shared experts, residual), plus the embedding, LM head and the cost model's per-pass host
+overhead. Everything but the attention cores and the routed experts is priced kernel by kernel
+(``moesim.hardware.layer_ops``: each GEMM and each small kernel its own query, so each pays its
+own launch); ``kernels_per_pass`` counts them.
 EP is synchronous, so an MoE layer costs its slowest rank; DP groups run in parallel, so the
 attention side costs its slowest group (taken over the whole pass, see ``pass_times``).
 
@@ -19,6 +23,8 @@ import numpy as np
 
 from moesim.config.schema import DeploymentCfg
 from moesim.hardware.cost import CostModel
+from moesim.hardware.layer_ops import (
+    GROUPED_EXPERT_KERNELS, Kernels, attention_kernels, dense_ffn_kernels, head_kernels, moe_kernels)
 from moesim.network.collectives import CollectiveCost
 from moesim.spec.model import ModelShape
 from moesim.engine.moe_pool import MoePool, MoeRuntime
@@ -63,6 +69,7 @@ class PassCostModel:
         self.hidden = m.hidden_size
         self.n_slide, self.window = shape.layer_windows()
         self.n_full = m.n_layers - self.n_slide
+        self.mla = m.attention.kind == "mla"
         self.kv_bytes_tok_layer = shape.kv_bytes_per_token_per_gpu(t) / m.n_layers
         heads_share = 1.0 / t
         self.fpp_decode = shape.attn_flops_per_pair(decode=True) * heads_share
@@ -81,39 +88,57 @@ class PassCostModel:
         if self.moe is not None:
             self.moe.use_collectives(coll)
 
-    def group_static_s(self, tokens: int, seqs: int) -> float:
-        """Everything in one DP group's pass except the attention core and routed experts (s)."""
-        return self._static_entry(tokens, seqs)[0]
+    def group_static_s(self, tokens: int, seqs: int, decode: int = 0) -> float:
+        """Everything in one DP group's pass except the attention core and routed experts (s);
+        ``decode`` of the ``tokens`` are decode steps (the rest prompt tokens)."""
+        return self._static_entry(tokens, seqs, decode)[0]
 
-    def _static_entry(self, tokens: int, seqs: int) -> tuple[float, float, np.ndarray | None]:
-        """(seconds, of which TP communication, link bytes [n_links] or None) of a group (cached)."""
-        key = (tokens, seqs)
+    def _static_entry(self, tokens: int, seqs: int, decode: int = 0) -> tuple[float, float, np.ndarray | None]:
+        """(seconds, of which TP communication, link bytes [n_links] or None) of a group (cached).
+        Only MLA layers run decode tokens differently from prompt tokens: others key on 0."""
+        decode = decode if self.mla else 0
+        key = (tokens, seqs, decode)
         hit = self._static.get(key)
         if hit is None:
-            (total, comm), links = capture_link_bytes(self.coll, lambda: self._static_cost(tokens, seqs))
+            (total, comm), links = capture_link_bytes(self.coll, lambda: self._static_cost(tokens, seqs, decode))
             hit = self._static[key] = (total, comm, links)
         return hit
 
-    def _static_cost(self, tokens: int, seqs: int) -> tuple[float, float]:
-        sh, m, c, t = self.shape, self.shape.model, self.cost, self.dep.attention_tp
+    def static_kernels(self, tokens: int, seqs: int, decode: int = 0) -> dict[str, Kernels]:
+        """The kernels of a group's pass outside the attention cores and routed experts, per part:
+        ``attention`` and ``dense`` / ``moe`` (once per such layer), ``head`` (once per pass)."""
+        sh, m, t = self.shape, self.shape.model, self.dep.attention_tp
+        ab = sh.act_bytes_per_elem
+        out = {"attention": attention_kernels(m, tokens=tokens, decode_tokens=decode, tp=t, act_bytes=ab,
+                                              kv_bytes=sh.kv_bytes_per_elem),
+               "head": head_kernels(m, tokens=tokens, seqs=seqs, tp=t, act_bytes=ab)}
+        if sh.n_dense_layers:
+            out["dense"] = dense_ffn_kernels(m, tokens=tokens, tp=t, act_bytes=ab)
+        if m.moe is not None:
+            out["moe"] = moe_kernels(m, tokens=tokens, tp=t, act_bytes=ab)
+        return out
+
+    def kernels_per_pass(self, tokens: int, seqs: int, decode: int = 0) -> int:
+        """Kernels one pass of a single group launches: the static ones, one attention core per
+        layer and the grouped experts of each MoE layer (``GROUPED_EXPERT_KERNELS``)."""
+        m = self.shape.model
+        ks = self.static_kernels(tokens, seqs, decode)
+        n = m.n_layers * (ks["attention"].count + 1) + ks["head"].count
+        n += self.shape.n_dense_layers * ks["dense"].count if "dense" in ks else 0
+        n += m.n_moe_layers * (ks["moe"].count + GROUPED_EXPERT_KERNELS) if "moe" in ks else 0
+        return n
+
+    def _static_cost(self, tokens: int, seqs: int, decode: int) -> tuple[float, float]:
+        sh, m, c = self.shape, self.shape.model, self.cost
         d, ab = self.hidden, sh.act_bytes_per_elem
         # two all-reduces per layer (after attention and after the FFN / MoE block), Megatron style
         comm = m.n_layers * sum(self.coll.all_reduce_s(self.tp_group, tokens * d * ab) for _ in range(2))
-        per_layer = (c.gemm_s(tokens, d, sh.attn_params // (d * t))
-                     + c.memory_s(4.0 * tokens * d * ab))                      # norms, residuals, rope
-        total = m.n_layers * per_layer
-        if sh.n_dense_layers:
-            total = total + sh.n_dense_layers * c.gemm_s(tokens, d, sh.dense_ffn_params // (d * t))
-        if m.moe is not None:
-            e, k = m.moe.n_routed_experts, m.moe.top_k
-            small = np.array([tokens * (e * ab + 8.0 * k),                      # router softmax + top-k (w, id)
-                              2.0 * tokens * k * d * ab,                          # permute: gather T·k rows
-                              (k + 1.0) * tokens * d * ab])                       # unpermute: weighted scatter-add
-            moe_side = c.gemm_s(tokens, d, e) + c.memory_s(small).sum()
-            if sh.shared_params:
-                moe_side = moe_side + c.gemm_s(tokens, d, sh.shared_params // (d * t))
-            total = total + m.n_moe_layers * moe_side
-        total = total + c.gemm_s(seqs, d, m.vocab_size // t)                   # LM head
+        ks = self.static_kernels(tokens, seqs, decode)
+        total = m.n_layers * ks["attention"].seconds(c) + ks["head"].seconds(c)
+        if "dense" in ks:
+            total += sh.n_dense_layers * ks["dense"].seconds(c)
+        if "moe" in ks:
+            total += m.n_moe_layers * ks["moe"].seconds(c)
         return float(total + comm), float(comm)
 
     def traffic(self, groups: list[GroupBatch], sample_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -124,7 +149,7 @@ class PassCostModel:
             if g.seqs == 0:
                 continue
             tokens += g.tokens
-            _, comm, lb = self._static_entry(g.tokens, g.seqs)
+            _, comm, lb = self._static_entry(g.tokens, g.seqs, g.decode_ctx.size)
             tp_comm = max(tp_comm, comm)
             links = lb if links is None else (links + lb if lb is not None else links)
         moe = np.zeros(sample_idx.size)
@@ -197,7 +222,7 @@ class PassCostModel:
                 continue
             t_g = g.tokens
             tokens += t_g
-            cost = self.group_static_s(t_g, g.seqs) + self._decode_core_s(g.decode_ctx, steps)
+            cost = self.group_static_s(t_g, g.seqs, g.decode_ctx.size) + self._decode_core_s(g.decode_ctx, steps)
             if g.prefill_chunk.size:
                 cost = cost + self._prefill_core_s(g.prefill_chunk, g.prefill_prior)
             side = cost if first else np.maximum(side, cost)

@@ -123,5 +123,5 @@ def test_validate_runs_an_mla_model_on_cpu(cpu_profile: Path, tmp_path: Path) ->
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == {"deepseek-v3@1/32"} and len(rows) == 4
     for r in rows:
-        assert float(r["measured_ms"]) > 0 and float(r["predicted_ms"]) > float(r["host_ms"]) > 0
+        assert float(r["measured_ms"]) > 0 and float(r["predicted_ms"]) > float(r["host_ms"]) >= 0
         assert math.isfinite(float(r["error_pct"]))

@@ -80,25 +80,30 @@ def test_sliding_window_layers_pass_the_sequences_too() -> None:
     assert sorted((a["decode"], a["seqs"]) for a in rec.attn) == [(False, 1), (False, 1), (True, 2), (True, 2)]
 
 
-def test_moe_layers_are_charged_router_softmax_topk_and_token_permutes() -> None:
-    tokens = 300
+def test_the_moe_chain_is_charged_once_per_moe_layer_and_scales_with_tokens() -> None:
+    """Router chain, token gather, weighting and index_add_ combine: each MoE layer of a group
+    pays them once, as memory kernels whose bytes grow with tokens x experts and tokens x k x hidden."""
+    from moesim.hardware.layer_ops import moe_kernels
     rec = Recording()
     pcm, d = _pcm("mixtral-8x7b", rec)
-    pcm.group_static_s(tokens, 4)
-    m, ab = d.model, d.shape.act_bytes_per_elem
+    m, ab, t = d.model, d.shape.act_bytes_per_elem, 300
     e, k, h = m.moe.n_routed_experts, m.moe.top_k, m.hidden_size
+    pcm.group_static_s(t, 4)
+    chain = moe_kernels(m, tokens=t, tp=8, act_bytes=ab)
     charged = np.concatenate(rec.mem)
-    for nbytes in (tokens * (e * ab + 8 * k), 2 * tokens * k * h * ab, (k + 1) * tokens * h * ab):
+    for nbytes in chain.streams:
         assert np.any(np.isclose(charged, nbytes)), nbytes
-    # the charge is what the roofline says these kernels take, once per MoE layer
-    small = float(rec.memory_s(np.array([tokens * (e * ab + 8 * k), 2 * tokens * k * h * ab,
-                                         (k + 1) * tokens * h * ab])).sum())
+    assert t * e * 8.0 in chain.streams                                          # fp32 softmax over T x E
+    assert 2.0 * t * k * h * ab + t * k * 8.0 in chain.streams                    # gather of the T·k rows
+    double = moe_kernels(m, tokens=2 * t, tp=8, act_bytes=ab)
+    assert double.count == chain.count                                           # same kernels, twice the bytes
+    assert sum(double.streams) == pytest.approx(2 * sum(chain.streams), rel=0.01)
+    # once per MoE layer: the group's static time holds n_moe_layers x the chain's time
     bare = RooflineCost(GPU, CostCfg())
-    without = (pcm.group_static_s(tokens, 4) - m.n_moe_layers * small)
-    assert without > 0 and small > 3 * bare.kernel_s
-    # cached: a second call asks nothing
+    total = pcm.group_static_s(t, 4)
+    assert total > m.n_moe_layers * chain.seconds(bare) > chain.count * bare.kernel_s
     n = len(rec.mem)
-    pcm.group_static_s(tokens, 4)
+    pcm.group_static_s(t, 4)                                                     # cached: asks nothing
     assert len(rec.mem) == n
 
 
@@ -106,5 +111,7 @@ def test_dense_models_get_no_moe_ops() -> None:
     rec = Recording()
     pcm, d = _pcm("llama-3-70b", rec)
     pcm.group_static_s(300, 4)
-    assert len(rec.mem) == 1                                                   # norms, residuals only
-    assert rec.mem[0][0] == pytest.approx(4.0 * 300 * d.model.hidden_size * d.shape.act_bytes_per_elem)
+    ks = pcm.static_kernels(300, 4)
+    assert "moe" not in ks and set(ks) == {"attention", "dense", "head"}
+    charged = sorted(np.concatenate(rec.mem).tolist())
+    assert charged == sorted(b for k in ks.values() for b in k.streams)        # exactly those kernels
