@@ -4,6 +4,7 @@
 Target (issue 2): <= 10 s wall on one core. Run pinned to one core:
 
     taskset -c 0 python benchmarks/inference_speed.py [--trace PATH] [--no-fast-forward] [--profile]
+        [--network flow|simple] [--prefill-replicas P]
 
 Prints wall seconds, simulated seconds per wall second, forward passes, DES events per second
 and peak RSS. The trace is read from ../shared/traces unless --trace is given.
@@ -34,8 +35,11 @@ def main() -> None:
     ap.add_argument("--no-fast-forward", action="store_true", help="step every decode pass (slow reference)")
     ap.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     ap.add_argument("--network", choices=["flow", "simple"], default="flow", help="network model (default flow)")
+    ap.add_argument("--prefill-replicas", type=int, default=0,
+                    help="disaggregate: this many of the 8 replicas only prefill (KV handoff to the others)")
     args = ap.parse_args()
-    sets = [f"workload.path={args.trace}", f"hardware.network.model={args.network}"]
+    sets = [f"workload.path={args.trace}", f"hardware.network.model={args.network}",
+            f"deployment.prefill_replicas={args.prefill_replicas}"]
     if args.no_fast_forward:
         sets.append("engine.fast_forward=false")
     scenario = load_scenario(REPO / "scenarios" / "mixtral-azure.yaml", sets)
@@ -53,6 +57,11 @@ def main() -> None:
           f"numpy {np.__version__}, fast_forward={not args.no_fast_forward}, network={args.network}")
     print(f"requests {s['requests_arrived']:,}  finished {s['requests_finished']:,}  "
           f"simulated {s['sim_time_s']:,.1f} s")
+    if args.prefill_replicas:
+        print(f"disaggregated: {args.prefill_replicas} prefill replicas, KV transfers {s['kv_transfers']:,}, "
+              f"p50 {s['kv_transfer_p50_s'] * 1e3:.3f} ms, p99 {s['kv_transfer_p99_s'] * 1e3:.3f} ms, "
+              f"TTFT p50 {s['ttft_p50_s'] * 1e3:.1f} ms, TPOT p50 {s['tpot_p50_s'] * 1e3:.2f} ms, "
+              f"max-min solves {s.get('flow_rate_solves', 0):,}")
     print(f"wall {wall:.2f} s | sim s per wall s {s['sim_time_s'] / wall:,.0f} | forward passes "
           f"{s['forward_passes']:,} ({s['forward_passes'] / wall:,.0f}/s) | DES events {s['des_events']:,} "
           f"({s['des_events'] / wall:,.0f}/s) | peak RSS {rss_mib:,.0f} MiB")

@@ -5,9 +5,11 @@ that outlives a pass and meets other activities' traffic — expert-weight migra
 here instead. ``LiveFlows.start(src, dst, nbytes)`` adds a transfer (a set of GPU → GPU flows) to
 the flows in flight and returns a SimPy event that fires when its last byte has landed (its
 slowest flow's finish plus that flow's path latency). On every start, completion and re-route the
-max-min fair rates of *all* flows in flight are re-solved (``maxmin.solve_maxmin``) over the
+max-min fair rates of the flows in flight are re-solved (``maxmin.solve_maxmin``) over the
 network's links, so two transfers that share a link slow each other down and speed up again when
-one ends.
+one ends. Only the connected component of the change is re-solved — the flows linked to the
+started / finished flows through chains of shared links; flows in other components keep their
+rates, which is exact (max-min fairness decomposes over components).
 
 Completions are coalesced: flows whose remaining time is within ``rtol`` (relative) of the
 earliest one finish together at the latest of their finish times (``rtol = 0``: one event per
@@ -23,9 +25,12 @@ from typing import Any
 import numpy as np
 import simpy
 
-from moesim.network.maxmin import Incidence, solve_maxmin
+from moesim.network.maxmin import Incidence, solve_maxmin, solve_maxmin_few
 
 __all__ = ["LiveFlows", "TransferRecord"]
+
+FEW_FLOWS = 64
+"""Components of at most this many flows are solved by ``maxmin.solve_maxmin_few``."""
 
 
 @dataclass
@@ -50,8 +55,10 @@ class _Flows:
     remaining: np.ndarray = field(default_factory=lambda: np.zeros(0))
     latency_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     transfer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    rows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    """Per flow (links, weights) on the current network."""
+    links: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))
+    """``[F, K]`` each flow's links on the current network, padded with L."""
+    weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
+    """``[F, K]`` load per unit of rate on those links (any value in padding)."""
 
 
 class LiveFlows:
@@ -104,17 +111,19 @@ class LiveFlows:
             return ev
         self._advance()
         routes = self.network.routes(s, d)
-        rows = _rows(routes.incidence)
         rec.link_bytes = self._original(routes.incidence.link_load(b))
         self.link_bytes += rec.link_bytes
+        links, weights = _padded(routes.incidence)
         f = self._f
+        n_old = f.remaining.size
         f.src, f.dst = np.concatenate([f.src, s]), np.concatenate([f.dst, d])
         f.remaining = np.concatenate([f.remaining, b])
         f.latency_s = np.concatenate([f.latency_s, routes.latency_s])
         f.transfer = np.concatenate([f.transfer, np.full(b.size, tid)])
-        f.rows.extend(rows)
+        f.links, f.weights = _stack(f.links, links, self.network.n_links), _stack(f.weights, weights, 0.0)
+        self._rate = np.concatenate([self._rate, np.zeros(b.size)])
         self._waiting[tid] = (ev, int(b.size), 0.0)
-        self._resolve()
+        self._resolve(links.ravel(), new=np.arange(n_old, f.remaining.size))
         return ev
 
     def reroute(self, network: Any, link_map: np.ndarray | None = None) -> None:
@@ -124,8 +133,8 @@ class LiveFlows:
         self.network, self._link_map = network, link_map
         f = self._f
         if f.remaining.size:
-            f.rows = _rows(network.routes(f.src, f.dst).incidence)
-        self._resolve()
+            f.links, f.weights = _padded(network.routes(f.src, f.dst).incidence)
+        self._resolve(None)
 
     # ------------------------------------------------------------------ internals
     def _original(self, per_link: np.ndarray) -> np.ndarray:
@@ -143,15 +152,36 @@ class LiveFlows:
             self._f.remaining[finite] = np.maximum(self._f.remaining[finite] - self._rate[finite] * dt, 0.0)
         self._t = self.env.now
 
-    def _resolve(self) -> None:
-        """Re-solve the rates of the flows in flight and schedule the next completion."""
+    def _component(self, seed: np.ndarray) -> np.ndarray:
+        """``[F]`` bool: the flows linked to the links ``seed`` through chains of shared links."""
+        f, n_links = self._f, self.network.n_links
+        mask = np.zeros(n_links + 1, bool)
+        mask[seed] = True
+        mask[n_links] = False
+        hit = np.zeros(f.remaining.size, bool)
+        while True:
+            now = mask[f.links].any(axis=1)
+            if (now == hit).all():
+                return hit
+            hit = now
+            mask[f.links[hit].ravel()] = True
+            mask[n_links] = False
+
+    def _resolve(self, seed: np.ndarray | None, new: np.ndarray | None = None) -> None:
+        """Re-solve the rates of the flows linked to the links ``seed`` (None: all flows) and
+        schedule the next completion."""
         self._generation += 1
         f = self._f
         if not f.remaining.size:
             self._rate = np.zeros(0)
             return
-        inc = Incidence.from_rows([r[0] for r in f.rows], self.network.n_links, [r[1] for r in f.rows])
-        self._rate = solve_maxmin(self.network.capacity_bytes_per_s, inc)
+        comp = np.ones(f.remaining.size, bool) if seed is None else self._component(seed)
+        ids = np.flatnonzero(comp)
+        if ids.size <= FEW_FLOWS:
+            self._rate[ids] = solve_maxmin_few(self.network.capacity_bytes_per_s, f.links[ids], f.weights[ids])
+        else:
+            inc = Incidence(f.links[ids].T.copy(), f.weights[ids].T.copy(), self.network.n_links)
+            self._rate[ids] = solve_maxmin(self.network.capacity_bytes_per_s, inc)
         self.solves += 1
         with np.errstate(divide="ignore"):
             left = np.where(self._rate > 0, f.remaining / self._rate, np.inf)
@@ -174,15 +204,16 @@ class LiveFlows:
             self._waiting[tid] = (ev, left - 1, max(worst, lat))
         keep = np.ones(f.remaining.size, bool)
         keep[done] = False
+        freed = f.links[done].ravel()
         f.src, f.dst, f.remaining = f.src[keep], f.dst[keep], f.remaining[keep]
         f.latency_s, f.transfer = f.latency_s[keep], f.transfer[keep]
-        f.rows = [r for r, k in zip(f.rows, keep.tolist()) if k]
+        f.links, f.weights, self._rate = f.links[keep], f.weights[keep], self._rate[keep]
         for tid in touched:
             ev, left, worst = self._waiting[tid]
             if left == 0:
                 del self._waiting[tid]
                 self.env.process(self._land(ev, tid, worst))
-        self._resolve()
+        self._resolve(freed)
 
     def _land(self, ev: simpy.Event, tid: int, latency_s: float):  # noqa: ANN202 - SimPy process
         if latency_s > 0:
@@ -192,12 +223,15 @@ class LiveFlows:
         ev.succeed(rec)
 
 
-def _rows(inc: Incidence) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-flow ``(links, weights)`` of an incidence, unused slots dropped."""
-    out = []
+def _padded(inc: Incidence) -> tuple[np.ndarray, np.ndarray]:
+    """Flow-major ``([F, K] links, [F, K] weights)`` of a slot-major incidence."""
     w = np.ones(inc.links.shape) if inc.weights is None else inc.weights
-    for f in range(inc.n_flows):
-        col = inc.links[:, f]
-        used = col < inc.n_links
-        out.append((col[used], w[used, f]))
+    return inc.links.T.astype(np.int64), w.T.astype(np.float64)
+
+
+def _stack(a: np.ndarray, b: np.ndarray, pad: float) -> np.ndarray:
+    """Rows of ``a`` then ``b`` (``[F, K]`` each), the narrower one padded with ``pad``."""
+    out = np.full((a.shape[0] + b.shape[0], max(a.shape[1], b.shape[1])), pad, dtype=a.dtype)
+    out[: a.shape[0], : a.shape[1]] = a
+    out[a.shape[0]:, : b.shape[1]] = b
     return out

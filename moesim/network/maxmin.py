@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchTimes", "Incidence", "as_incidence", "simulate_batch", "solve_maxmin"]
+__all__ = ["BatchTimes", "Incidence", "as_incidence", "simulate_batch", "solve_maxmin", "solve_maxmin_few"]
 
 SHARE_RTOL = 1e-12
 """Links whose fair share is within this relative distance of the round minimum saturate together."""
@@ -172,6 +172,38 @@ def solve_maxmin(link_capacity: np.ndarray, flow_links: Any,
         if demand.shape != (inc.n_flows,) or np.any(np.isnan(demand)) or np.any(demand < 0):
             raise ValueError(f"demand_cap must be {inc.n_flows} values >= 0 bytes/s")
     return _Filling(cap, inc.links, inc.weights, demand, None).run()
+
+
+def solve_maxmin_few(link_capacity: np.ndarray, links: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``solve_maxmin`` for a few flows given flow-major: textbook progressive filling, one round
+    per distinct level, without the set-up that pays off for many flows (the DES re-solves of
+    ``engine.live_flows`` are mostly a handful of flows).
+
+    Args:
+        link_capacity: ``[L]`` bytes/s.
+        links: ``[F, K]`` link indices, padded with L; every flow names at least one link.
+        weights: ``[F, K]`` load per unit of rate (> 0 on real entries).
+
+    Returns:
+        ``[F]`` max-min fair rates, bytes/s.
+    """
+    n_links = link_capacity.shape[0]
+    cap = np.append(link_capacity, np.inf)
+    rate = np.zeros(links.shape[0])
+    open_ = np.ones(links.shape[0], bool)
+    used = np.zeros(n_links + 1)
+    while open_.any():
+        wsum = np.bincount(links[open_].ravel(), weights[open_].ravel(), minlength=n_links + 1)
+        live = np.flatnonzero(wsum[:n_links] > 0)
+        share = (cap[live] - used[live]) / wsum[live]
+        level = max(float(share.min()), 0.0)
+        sat = np.zeros(n_links + 1, bool)
+        sat[live[share <= level * (1.0 + SHARE_RTOL)]] = True
+        hit = open_ & sat[links].any(axis=1)
+        rate[hit] = level
+        open_ &= ~hit
+        used += np.bincount(links[hit].ravel(), (weights[hit] * level).ravel(), minlength=n_links + 1)
+    return rate
 
 
 def _by_link(links: np.ndarray, rows: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:

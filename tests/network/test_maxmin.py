@@ -145,6 +145,15 @@ def test_link_index_rounds_match_the_reference(inst: tuple[np.ndarray, Incidence
 
 
 @settings(max_examples=100, deadline=None)
+@given(inst=instances())
+def test_the_few_flows_solver_matches_the_reference(inst: tuple[np.ndarray, Incidence, np.ndarray | None]) -> None:
+    cap, inc, _ = inst
+    w = np.ones(inc.links.shape) if inc.weights is None else inc.weights
+    rates = maxmin.solve_maxmin_few(cap, inc.links.T.astype(np.int64), w.T)
+    assert rates == pytest.approx(_reference(cap, inc.dense(), None), rel=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
 @given(instances(), st.data())
 def test_batch_times_are_bounded_and_bytes_add_up(inst: tuple[np.ndarray, Incidence, np.ndarray | None],
                                                   data: st.DataObject) -> None:
