@@ -30,6 +30,10 @@ class PlacementCfg(Frozen):
     """Weight of the previous estimate in the per-replan EMA of observed loads."""
     replan_delay_s: Seconds = 0.0
     """Staleness: a plan computed at t goes into force at t + delay (stats age meanwhile)."""
+    replan_interval_steps: int | None = Field(None, gt=0)
+    """Training: re-plan every this many steps from an EMA (``ema_decay``) of the steps' expert
+    loads; the weight migration is charged to the step that ends the interval (None: static).
+    Inference uses ``replan_interval_s`` instead."""
 
     @model_validator(mode="after")
     def _kinds(self) -> PlacementCfg:

@@ -17,6 +17,7 @@ from moesim.core.rng import RngStreams
 from moesim.engine.build import Deployment, build_collectives, build_deployment
 from moesim.engine.moe_setup import build_moe_runtime, plan_placement
 from moesim.engine.moe_summary import moe_outcome
+from moesim.core.errors import ConfigError
 from moesim.engine.disagg import KvHandoff
 from moesim.engine.live_flows import LiveFlows
 from moesim.engine.replan import Replanner
@@ -191,6 +192,9 @@ def calibration_summary(cost: CalibratedCost, summary: dict[str, object]) -> dic
 def _replanner(scenario: Scenario, d: Deployment, pcm: PassCostModel, gpus: tuple[int, ...],
                live: LiveFlows | None) -> Replanner | None:
     pc = scenario.placement
+    if pc.replan_interval_steps is not None:
+        raise ConfigError("placement.replan_interval_steps is for training runs; serving re-plans by time: "
+                          "set placement.replan_interval_s", field="placement.replan_interval_steps")
     if pc.replan_interval_s is None or pcm.moe is None:
         return None
     return Replanner(interval_s=pc.replan_interval_s, delay_s=pc.replan_delay_s, ema_decay=pc.ema_decay,

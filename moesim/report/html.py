@@ -43,7 +43,7 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "memory_peak_runtime_bytes", "oom_steps")),
     ("Step breakdown", tuple(f"step_{k}_s" for k in (
         "compute", "recompute", "tp_comm", "ep_comm", "gate", "bubble", "pp_comm", "imbalance_wait",
-        "straggler_wait", "dp_exposed", "optimizer", "param_gather"))),
+        "straggler_wait", "dp_exposed", "optimizer", "param_gather", "migration"))),
     ("Routing", ("gate", "maxvio_global_first", "maxvio_global_last", "maxvio_micro_mean", "dropped_fraction",
                  "dispatch", "ep_internode_bytes_per_token")),
     ("Time to train", ("train_tokens", "time_to_train_days", "time_to_train_s", "time_to_train_ideal_s", "gpu_hours",

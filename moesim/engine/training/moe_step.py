@@ -127,6 +127,17 @@ class MoeStepModel:
         self.step_offset = 0
         self._balanced_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
+    @property
+    def stage_layers(self) -> list[tuple[MoeShape, np.ndarray]]:
+        """Per group of stages sharing a network view: (shape on its EP group, MoE layer indices)."""
+        return self._stage_layers
+
+    def set_placement(self, placement: Placement) -> None:
+        """Put a re-planned placement in force from the next step."""
+        self.placement = placement
+        self.contiguous = False
+        self.runtime.set_placement(placement)
+
     def _group_stages(self, groups: list[tuple[int, ...]], pp: int) -> list[tuple[MoeShape, np.ndarray]]:
         """(shape on a stage's EP group, MoE layer indices) per group of stages with the same group
         network view (stages whose EP groups look alike share one costing call)."""

@@ -91,7 +91,7 @@ def run_training(scenario: Scenario, *, progress: Progress | None = None,
         config=config, provenance=provenance, summary=summary, requests=pd.DataFrame(), timeseries=pd.DataFrame(),
         batch_hist=pd.DataFrame(), expert_load=[expert_load] if expert_load is not None else [],
         rank_load=[rank_load] if rank_load is not None else [], imbalance=imbalance,
-        placements=[np.asarray(setup.placement.phy2log)] if setup.placement is not None else [],
+        placements=[np.asarray(setup.moe.placement.phy2log)] if setup.moe is not None else [],
         train_steps=steps, train_timeline=timeline, train_memory=mem, train_failures=run.failures,
         train_progress=run.progress)
 
@@ -156,6 +156,10 @@ def _summary(setup: TrainingSetup, steps: pd.DataFrame, run: RunOutcome) -> dict
                  dispatch=cfg.dispatch.kind + (f" (max {cfg.dispatch.max_nodes} nodes)"
                                                if cfg.dispatch.max_nodes else ""),
                  ep_internode_bytes_per_token=float(np.mean(setup.moe.internode_bytes)))
+    if setup.replanner is not None:
+        mig = setup.replanner.migrations
+        s.update(replans=len(mig), expert_weight_bytes_moved=float(sum(m.bytes for m in mig)),
+                 migration_pause_s=float(sum(m.seconds for m in mig)), step_migration_s=float(steps["migration_s"].mean()))
     r = run.summary
     ideal_step = float((steps["step_s"] - steps["straggler_wait_s"]).mean())
     n_steps = r["useful_work_s"] / mean if mean > 0 else 0.0

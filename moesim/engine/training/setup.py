@@ -47,6 +47,7 @@ from moesim.hardware.cost import CostModel, build_cost_model
 from moesim.network.collectives import CollectiveCost, SimpleCollectives
 from moesim.network.tiled import fast_topology
 from moesim.policies.gate import RouterAffinity
+from moesim.engine.training.replan import StepReplanner
 from moesim.policies.placement import PLACEMENTS, Placement
 from moesim.spec.model import ModelShape
 from moesim.workload import build_routing
@@ -84,6 +85,8 @@ class TrainingSetup:
     streams: RngStreams
     micro_batch_tokens: int
     placement: Placement | None
+    replanner: StepReplanner | None = None
+    """Re-plans the placement every ``placement.replan_interval_steps`` steps, else None."""
 
 
 def _base_share(scenario: Scenario, model: ModelSpec, tokens: int, rng: np.random.Generator) -> np.ndarray:
@@ -177,7 +180,10 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     mb_tokens = cfg.data.micro_batch_seqs * cfg.data.seq_len
     params = param_split(shape, mesh, layout)
     params = ParamSplit(params.dense + mtp_params(model, layout, plan) / mesh.tp, params.expert)
-    moe_model, placement, balanced_slots = None, None, np.zeros(model.n_moe_layers)
+    moe_model, placement, balanced_slots, replanner = None, None, np.zeros(model.n_moe_layers), None
+    if scenario.placement.replan_interval_s is not None:
+        raise ConfigError("training re-plans by steps: set placement.replan_interval_steps instead of "
+                          "placement.replan_interval_s", field="placement.replan_interval_s")
     if model.moe is not None:
         moe = model.moe
         redundant = scenario.placement.redundant_experts
@@ -200,6 +206,8 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
                                  node_of=np.asarray(topo.node_of))
         moe_model.warm_up(cfg.router.warmup_steps)
         balanced_slots = np.full(model.n_moe_layers, t_group * moe.top_k / mesh.ep)
+        replanner = _replanner(scenario, model, mesh, topo, groups["ep"][0], moe_model, coll, t_group * moe.top_k,
+                               expert_bytes)
     zero3 = None
     if opt.zero >= 3:
         redundancy = 1.0 if model.moe is None else \
@@ -218,7 +226,26 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     return TrainingSetup(scenario=scenario, cfg=cfg, model=model, gpu=gpu, shape=shape, topology=topo, cost=cost,
                          coll=coll, mesh=mesh, layout=layout, plan=plan, params=params, memory=memory,
                          memory_table=table, dense=dense, moe=moe_model, sync=sync, stragglers=strag, p2p=p2p,
-                         zero3=zero3, streams=streams, micro_batch_tokens=mb_tokens, placement=placement)
+                         zero3=zero3, streams=streams, micro_batch_tokens=mb_tokens, placement=placement,
+                         replanner=replanner)
+
+
+def _replanner(scenario: Scenario, model: ModelSpec, mesh: Mesh, topo: Any, group: tuple[int, ...],
+               moe_model: MoeStepModel, coll: CollectiveCost, slots_per_group: float,
+               expert_bytes: float) -> StepReplanner | None:
+    """The step re-planner when ``placement.replan_interval_steps`` is set. Bytes moved per
+    expert weight byte: the weight plus its optimizer state on the rank (master copy and moments,
+    sharded over the expert-DP group from ZeRO-1 on)."""
+    pc, opt = scenario.placement, scenario.training.optimizer  # type: ignore[union-attr]
+    if pc.replan_interval_steps is None:
+        return None
+    w = DTYPE_BYTES[opt.param_dtype]
+    states = (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
+    states /= mesh.edp if opt.zero >= 1 else 1
+    return StepReplanner(
+        interval_steps=pc.replan_interval_steps, ema_decay=pc.ema_decay,
+        planner=lambda share: _placement(scenario, model, mesh, topo, group, share * slots_per_group, expert_bytes),
+        stages=moe_model.stage_layers, collectives=coll, state_factor=(w + states) / w)
 
 
 def _p2p(mesh: Mesh, plan: PipelinePlan, coll: CollectiveCost, groups: dict[str, list[tuple[int, ...]]],

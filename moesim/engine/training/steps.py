@@ -175,6 +175,11 @@ class StepLoop:
             straggler_wait=run.makespan - run_b.makespan, dp_exposed=end - run.makespan + float(zr[on].sum()),
             optimizer=opt_s, param_gather=gather_s + float(zg[on].sum()))
         step_s = end + opt_s + gather_s
+        if s.replanner is not None and moe is not None:   # re-plan: the weights move before the next step
+            placement, breakdown["migration"] = s.replanner.after_step(step, moe.expert_load, s.moe.placement)
+            step_s += breakdown["migration"]
+            if placement is not s.moe.placement:
+                s.moe.set_placement(placement)
         timeline = self._timeline(run, sync_end, opt_s, gather_s) if record_timeline else None
         return StepOutcome(step_s=step_s, makespan_s=run.makespan, breakdown=breakdown, stats=stats,
                            events=run.events, timeline=timeline,
