@@ -263,6 +263,8 @@ class Rails:
         self.node_of, self.local = node, local
         self.at = np.full((int(node.max()) + 1, int(counts.max())), -1, dtype=np.int64)
         self.at[node, local] = np.arange(g)
+        self.plans: dict[tuple[tuple[int, ...], str], _LegPlan] = {}
+        """Hierarchical all-to-all leg plans by (group, direction) (``_leg_plan``)."""
 
     def peer(self, node: ArrayLike, local: ArrayLike) -> np.ndarray:
         """GPU with local rank ``local`` on host ``node`` (broadcast), -1 where none."""
@@ -282,52 +284,51 @@ class Legs:
     forward: np.ndarray = field(repr=False)
 
 
-def hierarchical_legs(rails: Rails, group: tuple[int, ...], pair_bytes: np.ndarray,
-                      node_bytes: np.ndarray | None = None, forward_at: str = "destination") -> Legs:
-    """Split ``pair_bytes [..., n, n]`` into the legs of a rail-aligned hierarchical all-to-all.
+@dataclass(frozen=True)
+class _LegPlan:
+    """Where every leg of a hierarchical all-to-all goes, for one (group, direction): fixed by the
+    topology, so it is built once per group (``_leg_plan``) and reused for every byte matrix."""
 
-    ``forward_at="destination"`` (dispatch): a pair (i, j) on different hosts becomes an RDMA leg
-    i → r (r: host(j)'s GPU with i's local rank) and an NVLink leg r → j (none when r = j); the RDMA
-    leg of (i, host m) carries ``node_bytes[..., i, m]`` (bytes i sends to host m, each token once)
-    or, without ``node_bytes``, the sum of i's pair bytes to m's GPUs. ``"source"`` (combine): an
-    NVLink leg i → r' (r': host(i)'s GPU with j's local rank) and an RDMA leg r' → j carrying
-    ``node_bytes[..., j, m]`` (bytes j receives from host m). Hosts m are the group's distinct
-    ``node_of`` values in increasing order. Pairs without a rail peer go direct.
-    """
+    n_hosts: int
+    ext: np.ndarray                  # [X] the group, then the rail peers outside it
+    direct: tuple[np.ndarray, np.ndarray]
+    rdma_from: tuple[np.ndarray, np.ndarray]   # entries of the [n, M] / [M, n] aggregate
+    fwd: tuple[np.ndarray, np.ndarray]
+    src: np.ndarray                  # [K] leg source position in ext (direct, RDMA, forward legs)
+    dst: np.ndarray                  # [K]
+    order: np.ndarray                # sorts the legs by (src, dst)
+    starts: np.ndarray               # first sorted leg of each distinct (src, dst)
+    cells: np.ndarray                # flat (src * X + dst) of each distinct cell
+    onehot: np.ndarray               # [n, M] host membership of the group's GPUs
+    gather: np.ndarray               # [K] sorted legs' positions in [pair bytes (n*n) | aggregate (n*M)]
+    rdma: np.ndarray                 # [X, X]
+    forward: np.ndarray              # [X, X]
+
+
+def _leg_plan(rails: Rails, group: tuple[int, ...], forward_at: str) -> _LegPlan:
+    """The legs of ``group``'s hierarchical all-to-all (cached on ``rails``, per group and direction)."""
+    key = (group, forward_at)
+    hit = rails.plans.get(key)
+    if hit is not None:
+        return hit
     g = np.asarray(group, np.int64)
     n = g.size
     nd, lr = rails.node_of[g], rails.local[g]
     hosts, m_of = np.unique(nd, return_inverse=True)
     n_hosts = hosts.size
-    lead = pair_bytes.shape[:-2]
-    pb = pair_bytes.reshape((-1, n, n)) * (1.0 - np.eye(n))
-    nb = None
-    if node_bytes is not None:
-        nb = np.asarray(node_bytes, dtype=np.float64)
-        if nb.shape != lead + (n, n_hosts):
-            raise ValueError(f"node_bytes must have shape {lead + (n, n_hosts)} (pairs' leading dims, "
-                             f"group size, hosts in the group), got {nb.shape}")
-        if np.any(nb < 0):
-            raise ValueError("byte counts must be >= 0")
-        nb = nb.reshape((-1, n, n_hosts))
     onehot = (m_of[:, None] == np.arange(n_hosts)[None, :]).astype(np.float64)  # [n, M]
     same = nd[:, None] == nd[None, :]
     if forward_at == "destination":
         rail = rails.peer(hosts[None, :], lr[:, None])                     # [n, M] i's peer on host m
         peer_of_pair = rail[:, m_of]                                         # [n, n]
-        agg = np.einsum("bij,jm->bim", pb, onehot) if nb is None else nb     # [B, n, M] i → host m
         r_src, r_dst = np.broadcast_to(g[:, None], rail.shape), rail          # RDMA legs i → rail[i, m]
         r_ok = (m_of[:, None] != np.arange(n_hosts)[None, :]) & (rail >= 0)
-        r_val = agg
         f_src, f_dst = peer_of_pair, np.broadcast_to(g[None, :], (n, n))     # forward legs r → j
     elif forward_at == "source":
         rail = rails.peer(hosts[:, None], lr[None, :])                      # [M, n] host m's GPU with j's rank
         peer_of_pair = rail[m_of, :]                                         # [n, n] r' of (i, j)
-        agg = (np.einsum("bij,im->bmj", pb, onehot) if nb is None
-               else np.swapaxes(nb, -1, -2))                                 # [B, M, n] host m → j
         r_src, r_dst = rail, np.broadcast_to(g[None, :], rail.shape)        # RDMA legs rail[m, j] → j
         r_ok = (np.arange(n_hosts)[:, None] != m_of[None, :]) & (rail >= 0)
-        r_val = agg
         f_src, f_dst = np.broadcast_to(g[:, None], (n, n)), peer_of_pair    # forward legs i → r'
     else:
         raise ValueError(f"forward_at must be 'destination' or 'source', got {forward_at!r}")
@@ -342,24 +343,82 @@ def hierarchical_legs(rails: Rails, group: tuple[int, ...], pair_bytes: np.ndarr
         return sorter[np.searchsorted(ext, ids, sorter=sorter)]
 
     x = ext.size
-    out = np.zeros((pb.shape[0], x, x))
     di, dj = np.nonzero(direct)
-    np.add.at(out, (slice(None), di, dj), pb[:, di, dj])
     ri, rj = np.nonzero(r_ok)
-    rs, rd = pos(r_src[ri, rj]), pos(r_dst[ri, rj])
-    np.add.at(out, (slice(None), rs, rd), r_val[:, ri, rj])
     fi, fj = np.nonzero(fwd)
+    rs, rd = pos(r_src[ri, rj]), pos(r_dst[ri, rj])
     fs, fd = pos(f_src[fi, fj]), pos(f_dst[fi, fj])
-    np.add.at(out, (slice(None), fs, fd), pb[:, fi, fj])
+    src, dst = np.concatenate([di, rs, fs]), np.concatenate([dj, rd, fd])
+    flat = src * x + dst
+    order = np.argsort(flat, kind="stable")
+    f_sorted = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], f_sorted[1:] != f_sorted[:-1]))) if flat.size else \
+        np.zeros(0, np.int64)
     rdma = np.zeros((x, x), bool)
     rdma[rs, rd] = True
     forward = np.zeros((x, x), bool)
     forward[fs, fd] = True
-    used = (out != 0).any(axis=0)
-    keep = np.concatenate([np.arange(n), n + np.flatnonzero(used[n:].any(axis=1) | used[:, n:].any(axis=0))])
+    agg_cols = n_hosts if forward_at == "destination" else n     # the aggregate is [n, M] or [M, n]
+    gather = np.concatenate([di * n + dj, n * n + ri * agg_cols + rj, fi * n + fj])[order]
+    plan = _LegPlan(n_hosts, ext, (di, dj), (ri, rj), (fi, fj), src, dst, order, starts,
+                    f_sorted[starts] if flat.size else np.zeros(0, np.int64), onehot, gather, rdma, forward)
+    if len(rails.plans) > 256:
+        rails.plans.clear()
+    rails.plans[key] = plan
+    return plan
+
+
+def hierarchical_legs(rails: Rails, group: tuple[int, ...], pair_bytes: np.ndarray,
+                      node_bytes: np.ndarray | None = None, forward_at: str = "destination") -> Legs:
+    """Split ``pair_bytes [..., n, n]`` into the legs of a rail-aligned hierarchical all-to-all.
+
+    ``forward_at="destination"`` (dispatch): a pair (i, j) on different hosts becomes an RDMA leg
+    i → r (r: host(j)'s GPU with i's local rank) and an NVLink leg r → j (none when r = j); the RDMA
+    leg of (i, host m) carries ``node_bytes[..., i, m]`` (bytes i sends to host m, each token once)
+    or, without ``node_bytes``, the sum of i's pair bytes to m's GPUs. ``"source"`` (combine): an
+    NVLink leg i → r' (r': host(i)'s GPU with j's local rank) and an RDMA leg r' → j carrying
+    ``node_bytes[..., j, m]`` (bytes j receives from host m). Hosts m are the group's distinct
+    ``node_of`` values in increasing order. Pairs without a rail peer go direct.
+    """
+    plan, cells = _leg_cells(rails, group, pair_bytes, node_bytes, forward_at)
+    n, x = len(group), plan.ext.size
+    lead = pair_bytes.shape[:-2]
+    out = np.zeros((cells.shape[0], x * x))
+    out[:, plan.cells] = cells
+    out = out.reshape(cells.shape[0], x, x)
+    cs, cd = np.divmod(plan.cells[(cells != 0).any(axis=0)], x)
+    touched = np.concatenate([cs, cd])
+    keep = np.concatenate([np.arange(n), np.unique(touched[touched >= n])])
     ix = np.ix_(keep, keep)
-    return Legs(tuple(int(v) for v in ext[keep]), out[(slice(None),) + ix].reshape(lead + (keep.size,) * 2),
-                rdma[ix], forward[ix])
+    return Legs(tuple(int(v) for v in plan.ext[keep]), out[(slice(None),) + ix].reshape(lead + (keep.size,) * 2),
+                plan.rdma[ix], plan.forward[ix])
+
+
+def _leg_cells(rails: Rails, group: tuple[int, ...], pair_bytes: np.ndarray, node_bytes: np.ndarray | None,
+               forward_at: str) -> tuple[_LegPlan, np.ndarray]:
+    """The plan of ``hierarchical_legs`` and the bytes of its distinct (src, dst) cells
+    ``[B, cells]`` (B: the pairs' leading dims flattened), legs that coincide summed."""
+    plan = _leg_plan(rails, tuple(int(v) for v in group), forward_at)
+    n, n_hosts = len(group), plan.n_hosts
+    lead = pair_bytes.shape[:-2]
+    pb = pair_bytes.reshape((-1, n, n))       # the diagonal is never a leg (direct and forward legs skip it)
+    if node_bytes is not None:
+        nb = np.asarray(node_bytes, dtype=np.float64)
+        if nb.shape != lead + (n, n_hosts):
+            raise ValueError(f"node_bytes must have shape {lead + (n, n_hosts)} (pairs' leading dims, "
+                             f"group size, hosts in the group), got {nb.shape}")
+        if np.any(nb < 0):
+            raise ValueError("byte counts must be >= 0")
+        nb = nb.reshape((-1, n, n_hosts))
+        agg = nb if forward_at == "destination" else np.swapaxes(nb, -1, -2)
+    else:
+        off = pb * (1.0 - np.eye(n))
+        agg = (np.einsum("bij,jm->bim", off, plan.onehot) if forward_at == "destination"
+               else np.einsum("bij,im->bmj", off, plan.onehot))          # i → host m / host m → j
+    if not plan.starts.size:
+        return plan, np.zeros((pb.shape[0], 0))
+    both = np.concatenate([pb.reshape(pb.shape[0], -1), agg.reshape(pb.shape[0], -1)], axis=1)
+    return plan, np.add.reduceat(np.take(both, plan.gather, axis=1), plan.starts, axis=1)
 
 
 def _out(x: np.ndarray) -> Seconds:
@@ -436,6 +495,7 @@ class SimpleCollectives:
         self._a2a_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float]] = {}
         self._tree_cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
         self._rails: Rails | None = None
+        self._cells: dict[int, tuple[_LegPlan, tuple[np.ndarray, ...]]] = {}
 
     @classmethod
     def calibrated(cls, topology: Topology, gpu: str | None = None, **overrides: Any) -> SimpleCollectives:
@@ -596,25 +656,43 @@ class SimpleCollectives:
 
     def _hierarchical(self, g: tuple[int, ...], pb: np.ndarray, node_bytes: ArrayLike | None,
                       forward_at: str, protocols: tuple[Protocol, ...], floor: np.ndarray) -> np.ndarray:
-        legs = hierarchical_legs(self.rails(), g, pb, None if node_bytes is None else _as_bytes(node_bytes),
+        """Seconds of a hierarchical all-to-all: its legs' distinct (src, dst) cells, each GPU's
+        NVLink and RDMA ports (out and in) busy for their bytes / pair bandwidth, the injection
+        limit, and the latency of the first legs plus that of the forwarding legs."""
+        plan, cells = _leg_cells(self.rails(), g, pb, None if node_bytes is None else _as_bytes(node_bytes),
                                  forward_at)
-        x = np.asarray(legs.group)
-        with np.errstate(divide="ignore"):
-            w = np.where(np.eye(x.size, dtype=bool), 0.0, 1.0 / self._pair_bw(x[:, None], x[None, :]))
-        intra = self.topology.node_of[x][:, None] == self.topology.node_of[x][None, :]
-        t = legs.bytes * w
-        port = np.maximum.reduce([(t * intra).sum(axis=-1).max(axis=-1), (t * ~intra).sum(axis=-1).max(axis=-1),
-                                  (t * intra).sum(axis=-2).max(axis=-1), (t * ~intra).sum(axis=-2).max(axis=-1)])
-        inj = np.maximum(legs.bytes.sum(axis=-1), legs.bytes.sum(axis=-2)).max(axis=-1)
-        lat_m = self.topology.latency_s[np.ix_(x, x)]
-        moving = legs.bytes > 0
-        fwd = moving & legs.forward
-        first = np.where(moving & ~legs.forward, lat_m, 0.0).max(axis=(-2, -1))
-        second = np.where(fwd, lat_m, 0.0).max(axis=(-2, -1))
-        lat = first + second + self.per_message_latency_s * (1.0 + fwd.any(axis=(-2, -1)))
-        return _fastest(protocols, lambda p: p.a2a_launch_s + lat
-                        + np.maximum.reduce([port / p.bw_fraction, inj / p.injection_bytes_per_s, floor]),
-                        legs.bytes.max(axis=(-2, -1)))
+        lead = pb.shape[:-2]
+        w, intra, lat_c, fwd_c, out_of, in_of = self._cell_terms(plan)
+        t = cells * w
+        port = np.maximum.reduce([(t * intra) @ out_of, (t * ~intra) @ out_of, (t * intra) @ in_of,
+                                  (t * ~intra) @ in_of]).max(axis=-1)
+        inj = np.maximum(cells @ out_of, cells @ in_of).max(axis=-1)
+        moving = cells > 0
+        first = np.where(moving & ~fwd_c, lat_c, 0.0).max(axis=-1, initial=0.0)
+        second = np.where(moving & fwd_c, lat_c, 0.0).max(axis=-1, initial=0.0)
+        lat = first + second + self.per_message_latency_s * (1.0 + (moving & fwd_c).any(axis=-1))
+        out = _fastest(protocols, lambda p: p.a2a_launch_s + lat
+                       + np.maximum.reduce([port / p.bw_fraction, inj / p.injection_bytes_per_s, floor.reshape(-1)]),
+                       cells.max(axis=-1, initial=0.0))
+        return np.asarray(out).reshape(lead)
+
+    def _cell_terms(self, plan: _LegPlan) -> tuple[np.ndarray, ...]:
+        """Per cell of ``plan``: 1 / pair bandwidth, same host, latency, forwarding leg; and the
+        ``[cells, X]`` one-hot maps of each cell's source and destination (cached per plan)."""
+        hit = self._cells.get(id(plan))
+        if hit is None or hit[0] is not plan:
+            x = plan.ext
+            cs, cd = np.divmod(plan.cells, x.size)
+            src, dst = x[cs], x[cd]
+            w = 1.0 / self._pair_bw(src, dst)
+            node = np.asarray(self.topology.node_of)
+            intra = node[src] == node[dst]
+            lat = np.asarray(self.topology.latency_s[src, dst], dtype=np.float64)
+            fwd = plan.forward[cs, cd]
+            out_of = (cs[:, None] == np.arange(x.size)[None, :]).astype(np.float64)
+            in_of = (cd[:, None] == np.arange(x.size)[None, :]).astype(np.float64)
+            hit = self._cells[id(plan)] = (plan, (w, intra, lat, fwd, out_of, in_of))
+        return hit[1]
 
     def p2p_s(self, src: int, dst: int, nbytes: ArrayLike) -> Seconds:
         """``S / (B(src, dst) · efficiency) + latency(src, dst) + per_message_latency_s``; 0 if src == dst."""
