@@ -17,8 +17,13 @@ inside the ops instead (``zero3.py``): no buckets, no gather after the update.
 ``bytes_per_step`` ``[pp]``: what each GPU hands to these collectives per step (gradients in,
 gathered parameters out), ZeRO-0..2; ZeRO-3's are ``Zero3Comm.gather_bytes + reduce_bytes``.
 
-The DP traffic does not contend with EP / PP traffic here (the simple network model has no link
-sharing).
+**Sharing the NICs with the EP all-to-all.** A bucket that becomes ready during a backward op
+whose dispatch / combine all-to-all crosses hosts runs while that all-to-all holds the NICs for a
+share ``u`` of the op (its inter-host all-to-all seconds over the op's duration, ``ep_nic_share``).
+When the bucket's own group crosses hosts it gets the rest of the NIC time, and at least half of
+it (max-min fairness between two flows on one link): its time is divided by ``max(1 - u, 1/2)``.
+The all-to-all is not slowed in turn (its ops are already placed when the buckets are costed);
+PP sends are small and not counted.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class GradSync:
     """
 
     def __init__(self, *, params: ParamSplit, mesh: Mesh, plan: PipelinePlan, cfg: TrainingCfg, cost: CostModel,
-                 coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]]) -> None:
+                 coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]],
+                 node_of: np.ndarray | None = None) -> None:
         opt = cfg.optimizer
         self.plan, self.overlap = plan, opt.overlap_grad_reduce
         grad_b, param_b = DTYPE_BYTES[opt.grad_dtype], DTYPE_BYTES[opt.param_dtype]
@@ -54,9 +60,13 @@ class GradSync:
         # per chunk: (fraction ready, seconds) of its buckets; the reduction group is that of the
         # first stage holding the chunk (DualPipe's two holders share one)
         self.buckets: list[tuple[np.ndarray, np.ndarray]] = []
+        self.crosses: list[np.ndarray] = []
+        """Per chunk, whether each bucket's group spans hosts (its traffic uses the NICs)."""
+        node = np.zeros(max(max(g) for g in dp_groups + edp_groups) + 1, np.int64) if node_of is None \
+            else np.asarray(node_of)
         for c in range(plan.chunks):
             s = next(st for st, held in enumerate(plan.stage_chunks) if c in held)
-            fr, secs = [], []
+            fr, secs, cross = [], [], []
             for n_params, group in ((params.dense[c], dp_groups[s]), (params.expert[c], edp_groups[s])):
                 if n_params <= 0 or len(group) < 2 or opt.zero >= 3:
                     continue
@@ -64,8 +74,10 @@ class GradSync:
                 t = float(reduce(group, n_params / n * grad_b))
                 fr.extend((k + 1) / n for k in range(n))
                 secs.extend([t] * n)
+                cross.extend([len(set(node[list(group)].tolist())) > 1] * n)
             order = np.argsort(fr, kind="stable")
             self.buckets.append((np.asarray(fr)[order], np.asarray(secs)[order]))
+            self.crosses.append(np.asarray(cross, bool)[order])
         hold = stage_hold(plan)
         dense, expert = hold @ params.dense, hold @ params.expert
         dp_n = np.array([len(g) for g in dp_groups], dtype=np.float64)
@@ -88,8 +100,10 @@ class GradSync:
         self.bytes_per_step = (dense + expert) * grad_b + self.param_gather_bytes if opt.zero < 3 \
             else np.zeros(mesh.pp)
 
-    def sync_end(self, run: PipelineRun) -> np.ndarray:
-        """``[pp]`` when each stage's last gradient bucket is reduced (seconds from step start)."""
+    def sync_end(self, run: PipelineRun, ep_nic_s: np.ndarray | None = None) -> np.ndarray:
+        """``[pp]`` when each stage's last gradient bucket is reduced (seconds from step start).
+
+        ``ep_nic_s [n_ops]``: seconds each op's all-to-all holds the NICs (module doc); None: none."""
         out = np.array(run.stage_end, dtype=np.float64)
         for s, grad_ops in enumerate(self.plan.grad_ops):
             ready, secs = [], []
@@ -99,6 +113,9 @@ class GradSync:
                     continue
                 begin, end = run.start[op], run.end[op]
                 ready.append(begin + fr * (end - begin) if self.overlap else np.full(fr.size, run.stage_end[s]))
+                if self.overlap and ep_nic_s is not None and end > begin:
+                    u = min(float(ep_nic_s[op]) / (end - begin), 1.0)
+                    t = np.where(self.crosses[c], t / max(1.0 - u, 0.5), t)
                 secs.append(t)
             if not ready:
                 continue

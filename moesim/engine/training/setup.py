@@ -221,7 +221,7 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     dense = DenseOpModel(shape=shape, cost=cost, coll=coll, mesh=mesh, layout=layout, cfg=cfg,
                          tp_groups=groups["tp"], cp_groups=groups["cp"], dp_groups=groups["dp"])
     sync = GradSync(params=params, mesh=mesh, plan=plan, cfg=cfg, cost=cost, coll=coll, dp_groups=groups["dp_sync"],
-                    edp_groups=groups["edp_sync"])
+                    edp_groups=groups["edp_sync"], node_of=np.asarray(topo.node_of))
     p2p = _p2p(mesh, plan, coll, groups, mb_tokens, model.hidden_size * shape.act_bytes_per_elem)
     return TrainingSetup(scenario=scenario, cfg=cfg, model=model, gpu=gpu, shape=shape, topology=topo, cost=cost,
                          coll=coll, mesh=mesh, layout=layout, plan=plan, params=params, memory=memory,

@@ -77,6 +77,12 @@ class StepLoop:
         self._fixed: BatchLayout | None = None
         self._dense_cache: dict[tuple[float, float], DenseCosts] = {}
         self._replays: dict[tuple[bytes, bytes, bool], PipelineRun] = {}
+        self.ep_cross = 0.0
+        """Share of the EP group's GPU pairs on different hosts: the part of the all-to-all on the NICs."""
+        if setup.moe is not None and setup.moe.stage_layers:
+            node = np.asarray(setup.topology.node_of)[list(setup.moe.stage_layers[0][0].gpus)]
+            n = node.size
+            self.ep_cross = float((node[:, None] != node[None, :]).sum()) / max(n * (n - 1), 1)
 
     # ------------------------------------------------------------------ inputs of a step
     def _batch(self) -> BatchLayout:
@@ -165,7 +171,7 @@ class StepLoop:
         busy = {k: float(comp[k][on].sum()) for k in _BUSY}
         busy["ep_comm"] = float(ep[on].sum())
         stats["ep_comm_hidden_s"] = float(comp["ep_comm"][on].sum()) - busy["ep_comm"]
-        sync_end = s.sync.sync_end(run)
+        sync_end = s.sync.sync_end(run, comp["ep_comm"].ravel() * self.ep_cross if self.ep_cross else None)
         opt_s, gather_s = s.sync.post_step_s()
         end = float(max(np.max(run.stage_end), np.max(sync_end)))
         breakdown = dict(busy)
