@@ -324,13 +324,20 @@ class CalibratedCost:
         return t
 
     def _grouped_table(self, hidden: int, intermediate: int, experts: int) -> tuple[dict[str, Any], RowGrid, bool]:
-        def dist(g: dict[str, Any]) -> float:
+        """The table of the same expert shape and dtype (else the nearest: foreign) and, among those,
+        the fewest resident experts at least ``experts``: a grouped kernel's time follows its active
+        experts and their tokens (the table's rows), empty resident experts cost next to nothing, so
+        a GPU with 16 resident experts reads the 64-expert table at its active count, in domain."""
+        def shape_dist(g: dict[str, Any]) -> float:
             d = math.log(g["hidden"] / hidden) ** 2 + math.log(g["intermediate"] / intermediate) ** 2
-            if g.get("experts"):
-                d += math.log(g["experts"] / max(experts, 1)) ** 2
             return d + (0.0 if g.get("dtype", "bf16") == self.wdt else 100.0)
-        g, grid = min(self._grouped, key=lambda gg: dist(gg[0]))
-        return g, grid, dist(g) > 1e-12
+
+        def key(gg: tuple[dict[str, Any], RowGrid]) -> tuple[float, int, float]:
+            g = gg[0]
+            e = g.get("experts") or experts
+            return (round(shape_dist(g), 9), 0 if e >= experts else 1, abs(math.log(e / max(experts, 1))))
+        g, grid = min(self._grouped, key=key)
+        return g, grid, shape_dist(g) > 1e-12
 
     def grouped_ffn_s(self, tokens_per_expert: np.ndarray, hidden: int, intermediate: int) -> np.ndarray:
         """Grouped SwiGLU experts: the sum of per-expert shares ``f(a, n_e) / a`` of the measured
