@@ -84,6 +84,9 @@ def print_summary(summary: dict[str, object], out: Path, wall_s: float) -> None:
           f"({summary['replicas']} replicas), {summary['sim_time_s']:,.1f} s simulated in {wall_s:.1f} s")
     for label, keys in SUMMARY_ROWS:
         print(f"  {label:<36} {' / '.join(_fmt(summary.get(k)) for k in keys)}")
+    if summary.get("prefill_replicas"):
+        print(f"  {'KV transfers, p50 / p99 (s)':<36} {_fmt(summary.get('kv_transfers'))}, "
+              f"{_fmt(summary.get('kv_transfer_p50_s'))} / {_fmt(summary.get('kv_transfer_p99_s'))}")
     print(f"  report: {out / 'report.html'}")
 
 
