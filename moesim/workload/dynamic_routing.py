@@ -321,8 +321,7 @@ class DynamicRouting:
     def _propagate(self, counts: np.ndarray, layer: int, tables: tuple[np.ndarray, ...], p_next: np.ndarray,
                    with_transitions: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Slots ``counts [R, E]`` at ``layer`` moved to ``layer + 1``: ``([R, E], [R, E, E] or None)``."""
-        rng, e = self._rng, self.n_experts
-        reps = counts.shape[0]
+        rng = self._rng
         rho = float(self.rho[layer])
         structured = counts if rho >= 1.0 else rng.binomial(counts, rho)
         loose = counts - structured
