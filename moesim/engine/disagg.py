@@ -8,7 +8,7 @@ prefill DP group sends its share of the KV cache (``ctx x kv_bytes_per_token`` b
 per-GPU figure of the memory budget) to the GPU of the same TP rank in the decode group. With the
 flow network model the copies are DES flows (``LiveFlows``: they share links max-min fairly with
 every other transfer in flight, e.g. other requests' KV and expert migrations); with the closed-form
-model they take ``collectives.p2p_s`` of one GPU pair (the pairs are disjoint and run in parallel).
+model they take ``collectives.transfers_s`` of the batch (alone on the network).
 When the last byte lands the prefill replica frees the blocks and the decode replica queues the
 sequence for its KV blocks. ``kv_transfer_s`` (per request) is the time from the end of prefill
 to the landing.
@@ -65,8 +65,7 @@ class KvHandoff:
         if self.live is not None:
             yield self.live.start(src, dst, np.full(src.size, per_gpu), kind="kv")
         else:
-            t = float(self.coll.p2p_s(int(src[0]), int(dst[0]), per_gpu)) if src[0] != dst[0] else 0.0
-            yield self.env.timeout(t)
+            yield self.env.timeout(float(self.coll.transfers_s(src, dst, np.full(src.size, per_gpu))))
         self.log.kv_transfer_s[seq.rid] = self.env.now - start_s
         prefill.release(seq)
         target.accept_kv(seq.rid, seq.ctx, group)

@@ -115,7 +115,6 @@ class LiveFlows:
         self.link_bytes += rec.link_bytes
         links, weights = _padded(routes.incidence)
         f = self._f
-        n_old = f.remaining.size
         f.src, f.dst = np.concatenate([f.src, s]), np.concatenate([f.dst, d])
         f.remaining = np.concatenate([f.remaining, b])
         f.latency_s = np.concatenate([f.latency_s, routes.latency_s])
@@ -123,7 +122,7 @@ class LiveFlows:
         f.links, f.weights = _stack(f.links, links, self.network.n_links), _stack(f.weights, weights, 0.0)
         self._rate = np.concatenate([self._rate, np.zeros(b.size)])
         self._waiting[tid] = (ev, int(b.size), 0.0)
-        self._resolve(links.ravel(), new=np.arange(n_old, f.remaining.size))
+        self._resolve(links.ravel())
         return ev
 
     def reroute(self, network: Any, link_map: np.ndarray | None = None) -> None:
@@ -140,9 +139,7 @@ class LiveFlows:
     def _original(self, per_link: np.ndarray) -> np.ndarray:
         if self._link_map is None:
             return per_link
-        out = np.zeros(self.link_bytes.size)
-        np.add.at(out, self._link_map, per_link)
-        return out
+        return np.bincount(self._link_map, weights=per_link, minlength=self.link_bytes.size)
 
     def _advance(self) -> None:
         """Move the flows' remaining bytes to ``env.now`` at the rates in force."""
@@ -167,7 +164,7 @@ class LiveFlows:
             mask[f.links[hit].ravel()] = True
             mask[n_links] = False
 
-    def _resolve(self, seed: np.ndarray | None, new: np.ndarray | None = None) -> None:
+    def _resolve(self, seed: np.ndarray | None) -> None:
         """Re-solve the rates of the flows linked to the links ``seed`` (None: all flows) and
         schedule the next completion."""
         self._generation += 1
@@ -177,12 +174,14 @@ class LiveFlows:
             return
         comp = np.ones(f.remaining.size, bool) if seed is None else self._component(seed)
         ids = np.flatnonzero(comp)
-        if ids.size <= FEW_FLOWS:
+        if not ids.size:
+            pass                  # the change touched no flow still in flight: rates stand
+        elif ids.size <= FEW_FLOWS:
             self._rate[ids] = solve_maxmin_few(self.network.capacity_bytes_per_s, f.links[ids], f.weights[ids])
         else:
             inc = Incidence(f.links[ids].T.copy(), f.weights[ids].T.copy(), self.network.n_links)
             self._rate[ids] = solve_maxmin(self.network.capacity_bytes_per_s, inc)
-        self.solves += 1
+        self.solves += bool(ids.size)
         with np.errstate(divide="ignore"):
             left = np.where(self._rate > 0, f.remaining / self._rate, np.inf)
         t_min = float(left.min())

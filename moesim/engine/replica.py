@@ -65,20 +65,19 @@ class Replica:
     """Scheduler and process of replica ``index`` (``dp_groups`` attention-DP groups, each with
     its own KV pool of ``kv_blocks_per_group`` blocks).
 
-    ``role``: ``both`` (prefill and decode), ``prefill`` (a sequence whose prefill ends is handed to
-    ``handoff(self, seq, now_s)`` and keeps its KV blocks until ``release(seq)``; a one-token
-    request finishes here) or ``decode`` (sequences arrive with their KV cache via ``accept_kv``).
+    Disaggregated serving: with a ``handoff`` the replica only prefills — a sequence whose prefill
+    ends is handed to ``handoff(self, seq, now_s)`` and keeps its KV blocks until ``release(seq)``
+    (a one-token request finishes here); a decode replica is one that arrivals are not routed to
+    and whose sequences arrive with their KV cache through ``accept_kv``.
     """
 
     def __init__(self, *, index: int, env: simpy.Environment, cfg: SchedulerCfg, pcm: PassCostModel,
                  sampler: PassSampler, requests: RequestSet, log: RequestLog, passes: PassLog,
                  queue: LevelLog, dp_groups: int, kv_blocks_per_group: int, max_context: int,
                  fast_forward: bool, horizon_s: float | None, replanner: Replanner | None = None,
-                 timeseries_bin_s: float = 1.0, shared: SharedLinks | None = None, role: str = "both",
+                 timeseries_bin_s: float = 1.0, shared: SharedLinks | None = None,
                  handoff: Callable[[Replica, Seq, float], None] | None = None) -> None:
-        if role not in ("both", "prefill", "decode") or (role == "prefill") != (handoff is not None):
-            raise ValueError(f"role must be both, prefill (with a handoff) or decode, got {role!r}")
-        self.role, self.handoff = role, handoff
+        self.handoff = handoff
         self.kv_ready: deque[Seq] = deque()
         """Sequences whose KV cache has landed here (decode role), waiting for KV blocks."""
         self.index, self.env, self.cfg, self.pcm, self.sampler = index, env, cfg, pcm, sampler

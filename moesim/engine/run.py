@@ -13,11 +13,11 @@ import simpy
 import moesim
 from moesim.config.load import scenario_hash
 from moesim.config.schema import Scenario
+from moesim.core.errors import ConfigError
 from moesim.core.rng import RngStreams
 from moesim.engine.build import Deployment, build_collectives, build_deployment
 from moesim.engine.moe_setup import build_moe_runtime, plan_placement
 from moesim.engine.moe_summary import moe_outcome
-from moesim.core.errors import ConfigError
 from moesim.engine.disagg import KvHandoff
 from moesim.engine.live_flows import LiveFlows
 from moesim.engine.replan import Replanner
@@ -82,15 +82,14 @@ def run(scenario: Scenario, *, progress: Progress | None = None) -> RunResult:
     shared = (SharedLinks(net, d.replica_gpus)
               if net is not None and dep.replicas > 1 and scenario.hardware.network.contention else None)
     live = LiveFlows(env, net) if net is not None else None
-    n_pre = dep.prefill_replicas
-    roles = ["prefill"] * n_pre + ["decode"] * (dep.replicas - n_pre) if n_pre else ["both"] * dep.replicas
+    n_pre = dep.prefill_replicas          # replicas 0 .. n_pre - 1 only prefill (disaggregated serving)
     handoff = None
     if n_pre:
         handoff = KvHandoff(env, decode=[], replica_gpus=d.replica_gpus, dp_groups=dep.attention_dp,
                             kv_bytes_per_token=d.budget.kv_bytes_per_token, router=ROUTERS.build(scenario.router.kind),
                             collectives=d.collectives, live=live, log=log)
     replicas = [
-        Replica(index=i, env=env, cfg=sched, pcm=pcms[i], role=roles[i], handoff=handoff if roles[i] == "prefill" else None,
+        Replica(index=i, env=env, cfg=sched, pcm=pcms[i], handoff=handoff if i < n_pre else None,
                 sampler=PassSampler(streams.get(f"routing/replica{i}"), scenario.routing.samples_per_shape),
                 requests=req, log=log, passes=pass_logs[i], queue=queue, dp_groups=dep.attention_dp,
                 kv_blocks_per_group=kv_blocks, max_context=d.model.max_context,

@@ -323,7 +323,7 @@ class SimpleCollectives:
         self._a2a_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float]] = {}
         self._tree_cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
         self._rails: Rails | None = None
-        self._cells: dict[int, tuple[_LegPlan, tuple[np.ndarray, ...]]] = {}
+        self._cells: dict[tuple[tuple[int, ...], str], tuple[np.ndarray, ...]] = {}
 
     @classmethod
     def calibrated(cls, topology: Topology, gpu: str | None = None, **overrides: Any) -> SimpleCollectives:
@@ -490,10 +490,11 @@ class SimpleCollectives:
         plan, cells = _leg_cells(self.rails(), g, pb, None if node_bytes is None else _as_bytes(node_bytes),
                                  forward_at)
         lead = pb.shape[:-2]
-        w, intra, lat_c, fwd_c, out_of, in_of = self._cell_terms(plan)
+        w, intra, lat_c, fwd_c, out_of, in_of = self._cell_terms((tuple(g), forward_at), plan)
         t = cells * w
-        port = np.maximum.reduce([(t * intra) @ out_of, (t * ~intra) @ out_of, (t * intra) @ in_of,
-                                  (t * ~intra) @ in_of]).max(axis=-1)
+        t_nvl = t * intra                     # NVLink legs; the rest cross the NICs
+        t_nic = t - t_nvl
+        port = np.maximum.reduce([t_nvl @ out_of, t_nic @ out_of, t_nvl @ in_of, t_nic @ in_of]).max(axis=-1)
         inj = np.maximum(cells @ out_of, cells @ in_of).max(axis=-1)
         moving = cells > 0
         first = np.where(moving & ~fwd_c, lat_c, 0.0).max(axis=-1, initial=0.0)
@@ -504,11 +505,12 @@ class SimpleCollectives:
                        cells.max(axis=-1, initial=0.0))
         return np.asarray(out).reshape(lead)
 
-    def _cell_terms(self, plan: _LegPlan) -> tuple[np.ndarray, ...]:
-        """Per cell of ``plan``: 1 / pair bandwidth, same host, latency, forwarding leg; and the
-        ``[cells, X]`` one-hot maps of each cell's source and destination (cached per plan)."""
-        hit = self._cells.get(id(plan))
-        if hit is None or hit[0] is not plan:
+    def _cell_terms(self, key: tuple[tuple[int, ...], str], plan: _LegPlan) -> tuple[np.ndarray, ...]:
+        """Per cell of ``plan`` (that of ``key`` = (group, direction)): 1 / pair bandwidth, same
+        host, latency, forwarding leg; and the ``[cells, X]`` one-hot maps of each cell's source and
+        destination (cached by ``key``, as the plan is on ``self.rails()``)."""
+        hit = self._cells.get(key)
+        if hit is None:
             x = plan.ext
             cs, cd = np.divmod(plan.cells, x.size)
             src, dst = x[cs], x[cd]
@@ -519,8 +521,8 @@ class SimpleCollectives:
             fwd = plan.forward[cs, cd]
             out_of = (cs[:, None] == np.arange(x.size)[None, :]).astype(np.float64)
             in_of = (cd[:, None] == np.arange(x.size)[None, :]).astype(np.float64)
-            hit = self._cells[id(plan)] = (plan, (w, intra, lat, fwd, out_of, in_of))
-        return hit[1]
+            hit = self._cells[key] = (w, intra, lat, fwd, out_of, in_of)
+        return hit
 
     def p2p_s(self, src: int, dst: int, nbytes: ArrayLike) -> Seconds:
         """``S / (B(src, dst) · efficiency) + latency(src, dst) + per_message_latency_s``; 0 if src == dst."""

@@ -47,12 +47,13 @@ __all__ = ["GradSync"]
 class GradSync:
     """Bucketed gradient reduction, optimizer step and parameter gather of the simulated pipeline.
 
-    ``dp_groups`` / ``edp_groups``: per stage, the GPUs its dense / expert gradients reduce over.
+    ``dp_groups`` / ``edp_groups``: per stage, the GPUs its dense / expert gradients reduce over;
+    ``node_of``: host of every GPU (a group spanning hosts shares the NICs, module doc).
     """
 
     def __init__(self, *, params: ParamSplit, mesh: Mesh, plan: PipelinePlan, cfg: TrainingCfg, cost: CostModel,
                  coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]],
-                 node_of: np.ndarray | None = None) -> None:
+                 node_of: np.ndarray) -> None:
         opt = cfg.optimizer
         self.plan, self.overlap = plan, opt.overlap_grad_reduce
         grad_b, param_b = DTYPE_BYTES[opt.grad_dtype], DTYPE_BYTES[opt.param_dtype]
@@ -62,8 +63,7 @@ class GradSync:
         self.buckets: list[tuple[np.ndarray, np.ndarray]] = []
         self.crosses: list[np.ndarray] = []
         """Per chunk, whether each bucket's group spans hosts (its traffic uses the NICs)."""
-        node = np.zeros(max(max(g) for g in dp_groups + edp_groups) + 1, np.int64) if node_of is None \
-            else np.asarray(node_of)
+        node = np.asarray(node_of)
         for c in range(plan.chunks):
             s = next(st for st, held in enumerate(plan.stage_chunks) if c in held)
             fr, secs, cross = [], [], []
