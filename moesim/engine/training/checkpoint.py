@@ -37,7 +37,7 @@ import numpy as np
 
 from moesim.config.schema import DTYPE_BYTES
 from moesim.config.topology import TopologySpec, load_topology
-from moesim.engine.training.memory import stage_hold
+from moesim.engine.training.memory import expert_redundancy, stage_hold, state_bytes_per_param
 from moesim.engine.training.setup import TrainingSetup
 
 __all__ = ["CheckpointPlan", "checkpoint_plan", "gpu_write_bytes"]
@@ -56,14 +56,21 @@ class CheckpointPlan:
     drain_s: float
     block_s: float
     """Training time one checkpoint blocks (the drain back-pressure comes on top, in the run)."""
-    commit_s: float
-    """Seconds after the snapshot starts until the checkpoint is restorable."""
-    reload_s: float
 
     @property
     def write_s(self) -> float:
         """Snapshot + drain: the whole write of one checkpoint."""
         return self.snapshot_s + self.drain_s
+
+    @property
+    def commit_s(self) -> float:
+        """Seconds after the snapshot starts until the checkpoint is restorable: the whole write."""
+        return self.write_s
+
+    @property
+    def reload_s(self) -> float:
+        """Seconds to read a checkpoint back (the same path backwards, same bandwidths)."""
+        return self.write_s
 
     def summary(self) -> dict[str, float]:
         """Summary keys of one checkpoint (docs/metrics.md)."""
@@ -79,26 +86,19 @@ def gpu_write_bytes(setup: TrainingSetup) -> np.ndarray:
     opt, ck = cfg.optimizer, cfg.checkpoint
     hold = stage_hold(plan)                                          # [pp, C]
     holders = np.maximum(hold.sum(axis=0), 1.0)                      # n_c
-    first_holder = hold.argmax(axis=0)                               # [C] first stage holding chunk c
-    redundancy = 1.0
-    moe = setup.model.moe
-    if moe is not None:
-        redundancy = (moe.n_routed_experts + setup.scenario.placement.redundant_experts) / moe.n_routed_experts
+    redundancy = expert_redundancy(setup.model, setup.scenario.placement.redundant_experts)
     dense, expert = np.asarray(setup.params.dense, float), np.asarray(setup.params.expert, float) / redundancy
     p_b = DTYPE_BYTES[opt.param_dtype]
-    s_b = (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
-    g = np.arange(mesh.gpus)
-    stage, local = np.divmod(g, mesh.stage_gpus)
-    dp_rank = (local // mesh.tp) // mesh.cp
-    cp_rank = (local // mesh.tp) % mesh.cp
-    edp_rank = (local // mesh.etp) // mesh.ep
+    s_b = state_bytes_per_param(opt)
+    ranks = [mesh.locate(g) for g in range(mesh.gpus)]
+    stage, dp_rank, cp_rank, edp_rank = (np.array([r[k] for r in ranks]) for k in ("stage", "dp", "cp", "edp"))
     held = hold[stage]                                               # [G, C]
     dense_writer = (dp_rank == 0) & (cp_rank == 0)
     expert_writer = edp_rank == 0
     out = np.zeros(mesh.gpus)
     for per_gpu, copies, writer in ((dense, mesh.dp * mesh.cp * holders, dense_writer),
                                     (expert, mesh.edp * holders, expert_writer)):
-        lead = writer[:, None] & (stage[:, None] == first_holder[None, :])       # [G, C] writes replicated bytes
+        lead = writer[:, None] & (stage[:, None] == plan.home_stage[None, :])       # [G, C] writes replicated bytes
         for nbytes, sharded in ((per_gpu * p_b, opt.zero >= 3), (per_gpu * s_b, opt.zero >= 1)):
             if sharded or ck.parallel_save:
                 out += held @ (nbytes / copies)
@@ -137,4 +137,4 @@ def checkpoint_plan(setup: TrainingSetup) -> CheckpointPlan:
             drain = max(drain, float(hosts.max() / (nic * setup.scenario.hardware.cost.network_efficiency)))
     block = snapshot if ck.async_save else snapshot + drain
     return CheckpointPlan(bytes_total=float(w.sum()), gpu_bytes=w, host_bytes=hosts, snapshot_s=snapshot,
-                          drain_s=drain, block_s=block, commit_s=snapshot + drain, reload_s=snapshot + drain)
+                          drain_s=drain, block_s=block)

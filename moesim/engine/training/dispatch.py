@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -96,7 +97,8 @@ class EpDispatch:
         self.onehot = (self.rank_host[:, None] == np.arange(self.n_hosts)[None, :]).astype(np.float64)  # [P, N]
 
     def traffic(self, rank_slots: np.ndarray) -> EpTraffic:
-        """Hierarchical ``EpTraffic`` for ``rank_slots [..., P]`` (token, slot) pairs per EP rank (module doc)."""
+        """Hierarchical ``EpTraffic`` for ``rank_slots [..., P]`` (token, slot) pairs per EP rank
+        (module doc); compute it once and pass it to ``comm_s`` and ``internode_bytes``."""
         c = np.asarray(rank_slots, dtype=np.float64)
         total = c.sum(axis=-1, keepdims=True)
         share = c / np.maximum(total, 1e-300)
@@ -116,21 +118,30 @@ class EpDispatch:
         """``[...]`` dispatch bytes one token sends across hosts, on average (combine: the same back),
         for ``rank_slots [..., P]`` under either kind (module doc)."""
         if self.cfg.kind == "hierarchical":
-            return self.traffic(rank_slots).internode * self.token_bytes
+            return self.internode_bytes(self.traffic(rank_slots))
         c = np.asarray(rank_slots, dtype=np.float64)
         per_token = c / np.maximum(c.sum(axis=-1, keepdims=True) / self.k, 1e-300)        # slots per token
         off_host = np.repeat(per_token, self.etp, axis=-1) * self.remote_share[self.host_of]
         return off_host.sum(axis=-1) * self.token_bytes
 
-    def comm_s(self, coll: CollectiveCost, rank_slots: np.ndarray) -> np.ndarray:
-        """``[...]`` seconds of the hierarchical dispatch + combine for ``rank_slots [..., P]`` (a
+    def internode_bytes(self, t: EpTraffic) -> np.ndarray:
+        """``[...]`` dispatch bytes one token sends across hosts under hierarchical traffic ``t``."""
+        return t.internode * self.token_bytes
+
+    def comm_s(self, coll: CollectiveCost, t: EpTraffic) -> np.ndarray:
+        """``[...]`` seconds of the hierarchical dispatch + combine of traffic ``t`` (``traffic``; a
         network model without hierarchical all-to-alls gets the de-duplicated pairs, direct)."""
-        t = self.traffic(rank_slots)
         pair, node = t.pair * self.token_bytes, t.node * self.token_bytes
         back = np.swapaxes(pair, -1, -2)
-        if "node_bytes" not in inspect.signature(coll.all_to_all_s).parameters:
+        if not _takes_node_bytes(type(coll)):
             return np.asarray(coll.all_to_all_s(self.group, pair)) + np.asarray(coll.all_to_all_s(self.group, back))
         a2a = coll.all_to_all_s
         return (np.asarray(a2a(self.group, pair, "hierarchical", node_bytes=node))  # type: ignore[call-arg]
                 + np.asarray(a2a(self.group, back, "hierarchical", node_bytes=node,  # type: ignore[call-arg]
                                  forward_at="source")))
+
+
+@cache
+def _takes_node_bytes(coll_type: type) -> bool:
+    """Whether a collectives model's ``all_to_all_s`` takes hierarchical ``node_bytes`` (asked once per class)."""
+    return "node_bytes" in inspect.signature(coll_type.all_to_all_s).parameters

@@ -65,7 +65,7 @@ class GradSync:
         """Per chunk, whether each bucket's group spans hosts (its traffic uses the NICs)."""
         node = np.asarray(node_of)
         for c in range(plan.chunks):
-            s = next(st for st, held in enumerate(plan.stage_chunks) if c in held)
+            s = int(plan.home_stage[c])
             fr, secs, cross = [], [], []
             for n_params, group in ((params.dense[c], dp_groups[s]), (params.expert[c], edp_groups[s])):
                 if n_params <= 0 or len(group) < 2 or opt.zero >= 3:

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config.schema import DTYPE_BYTES, GpuSpec
-from moesim.config.training import TrainingCfg
+from moesim.config.schema import DTYPE_BYTES, GpuSpec, ModelSpec
+from moesim.config.training import OptimizerCfg, TrainingCfg
 from moesim.core.errors import ConfigError
 from moesim.core.units import GiB
 from moesim.engine.training.layout import ChunkLayout
@@ -46,7 +46,7 @@ from moesim.engine.training.mesh import Mesh
 from moesim.engine.training.schedule import PipelinePlan
 from moesim.spec.model import ModelShape
 
-__all__ = ["ActivationModel", "MemoryModel", "ParamSplit", "param_split", "stage_hold"]
+__all__ = ["ActivationModel", "MemoryModel", "ParamSplit", "param_split", "stage_hold", "state_bytes_per_param"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,18 @@ def alive_counts(plan: PipelinePlan) -> list[np.ndarray]:
     return out
 
 
+def expert_redundancy(model: ModelSpec, redundant_experts: int) -> float:
+    """Physical expert slots per logical expert, ``(E + redundant) / E`` (1 without MoE): the
+    factor ``ParamSplit.expert`` carries on top of the model's logical experts."""
+    return 1.0 if model.moe is None else (model.moe.n_routed_experts + redundant_experts) / model.moe.n_routed_experts
+
+
+def state_bytes_per_param(opt: OptimizerCfg) -> float:
+    """Optimizer-state bytes per parameter: the fp32 master copy (``master_weights``) and two Adam
+    moments in ``state_dtype``."""
+    return (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
+
+
 def stage_hold(plan: PipelinePlan) -> np.ndarray:
     """``[pp, C]``: 1 where a stage holds a chunk's parameters (``plan.stage_chunks``)."""
     hold = np.zeros((plan.pp, plan.chunks))
@@ -156,8 +168,8 @@ class MemoryModel:
     """Per-stage memory table and the fit check (module doc)."""
 
     def __init__(self, *, shape: ModelShape, mesh: Mesh, layout: ChunkLayout, plan: PipelinePlan,
-                 cfg: TrainingCfg, gpu: GpuSpec, params: ParamSplit, group_sizes: tuple[np.ndarray, np.ndarray] | None = None,
-                 gathered: np.ndarray | None = None) -> None:
+                 cfg: TrainingCfg, gpu: GpuSpec, params: ParamSplit,
+                 group_sizes: tuple[np.ndarray, np.ndarray] | None = None, gathered: np.ndarray | None = None) -> None:
         """``group_sizes``: per stage, GPUs of its dense / expert gradient-reduction groups (default
         ``dp x cp`` and ``expert_dp``); ``gathered``: ZeRO-3 working set per stage, bytes."""
         opt = cfg.optimizer
@@ -170,7 +182,7 @@ class MemoryModel:
                                                                     np.full(mesh.pp, mesh.edp))
         shard_dense = dp_n if opt.zero >= 1 else 1
         shard_expert = edp_n if opt.zero >= 1 else 1
-        state_b = (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
+        state_b = state_bytes_per_param(opt)
         grad_b = DTYPE_BYTES[opt.grad_dtype]
         self.hold = stage_hold(plan)
         dense, expert = self.hold @ params.dense, self.hold @ params.expert

@@ -198,19 +198,26 @@ class MoeStepModel:
         return gemm, pairs, np.stack([d.dropped for d in decisions])
 
     def _layer_costs(self, gemm: np.ndarray, pairs: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """``[S, L]`` slowest-rank GEMMs, all-to-alls (+ weight copies), and the balanced versions
-        (cached: they depend only on each layer's total load)."""
+        """``[S, L]`` slowest-rank GEMMs, all-to-alls (+ weight copies), the balanced versions
+        (cached: they depend only on each layer's total load) and the dispatch bytes a token sends
+        across hosts."""
         s, n_layers = gemm.shape[:2]
-        g_max, comm = np.zeros((s, n_layers)), np.zeros((s, n_layers))
+        g_max, comm, inter = np.zeros((s, n_layers)), np.zeros((s, n_layers)), np.zeros((s, n_layers))
         total = gemm.sum(axis=(-1, -2))                                  # [S, L]
         for (shape, idx), disp in zip(self._stage_layers, self._dispatch):
             wp = pairs[:, idx] if pairs is not None else None
             real = moe_layers_cost(gemm[:, idx], shape, self.cost, self.coll, weight_pairs=wp)
             g_max[:, idx] = real.gemm_s.max(axis=-1)
-            a2a = disp.comm_s(self.coll, gemm[:, idx].sum(axis=-1)) if self.hierarchical else real.comm_s
-            comm[:, idx] = a2a + real.transfer_s
+            slots = gemm[:, idx].sum(axis=-1)
+            if self.hierarchical:
+                traffic = disp.traffic(slots)                             # once for the time and the bytes
+                comm[:, idx] = disp.comm_s(self.coll, traffic) + real.transfer_s
+                inter[:, idx] = disp.internode_bytes(traffic)
+            else:
+                comm[:, idx] = real.comm_s + real.transfer_s
+                inter[:, idx] = disp.internode_bytes_per_token(slots)
         g_bal, c_bal = self._balanced(total)
-        return g_max, comm, g_bal, c_bal
+        return g_max, comm, g_bal, c_bal, inter
 
     def _balanced(self, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[S, L]`` GEMM and all-to-all seconds were each layer's ``total`` load spread evenly."""
@@ -225,7 +232,7 @@ class MoeStepModel:
         g_bal, c_bal = np.zeros((s, n_layers)), np.zeros((s, n_layers))
         for (shape, idx), disp in zip(self._stage_layers, self._dispatch):
             bal = moe_layers_cost(even, shape, self.cost, self.coll)
-            a2a = disp.comm_s(self.coll, even.sum(axis=-1)) if self.hierarchical else bal.comm_s
+            a2a = disp.comm_s(self.coll, disp.traffic(even.sum(axis=-1))) if self.hierarchical else bal.comm_s
             g_bal[:, idx] = bal.gemm_s.max(axis=-1)[:, 0][inv].reshape(s, n_layers)[:, idx]
             c_bal[:, idx] = a2a[:, 0][inv].reshape(s, n_layers)[:, idx]
         if len(self._balanced_cache) > 64:
@@ -265,11 +272,10 @@ class MoeStepModel:
             capacity_clip(counts, self.cfg.gate.capacity_factor)
         gemm, pairs, balancer_dropped = self._gemm_tokens(kept)
         dropped = dropped + balancer_dropped
-        g_max, comm, g_bal, c_bal = self._layer_costs(gemm, pairs)
+        g_max, comm, g_bal, c_bal, inter = self._layer_costs(gemm, pairs)
         slots = gemm.sum(axis=-1)                                        # [S, L, P]
-        self.internode_bytes.append(float(np.mean(np.concatenate(
-            [d.internode_bytes_per_token(slots[:, idx]).ravel() for (_, idx), d in zip(self._stage_layers,
-                                                                                        self._dispatch)]))))
+        moe_layers = np.concatenate([idx for _, idx in self._stage_layers])
+        self.internode_bytes.append(float(np.mean(inter[:, moe_layers])))
         idx = rng.integers(0, self.samples, size=(micro_batches, self.lay.chunks))
         hide = 1.0 - self.overlap
         per_op = {name: self._per_op(x, idx) for name, x in

@@ -140,18 +140,17 @@ class DenseOpModel:
         moe_side = parts.get("router", zero) + parts.get("shared_experts", zero)
         gate_f = c.memory_s(t / self.mesh.tp * gate_bytes_per_token) if gate_bytes_per_token else zero
         embed = c.memory_s(t / self.mesh.tp * self.d * self.ab)
-        head = c.gemm_s(t, self.d, sh.model.vocab_size // self.mesh.tp) + c.memory_s(
-            2.0 * t * sh.model.vocab_size / self.mesh.tp * 4.0)
+        head_gemm = c.gemm_s(t, self.d, sh.model.vocab_size // self.mesh.tp)
+        head = head_gemm + c.memory_s(2.0 * t * sh.model.vocab_size / self.mesh.tp * 4.0)
         mtp_proj = c.gemm_s(t, 2 * self.d, max(self.d // self.mesh.tp, 1))      # MTP: 2d -> d projection
         mtp = mtp_proj + c.memory_s(4.0 * self.d * t / self.mesh.tp * self.ab)  # + its two RMSNorms (mtp.py)
         # per-layer-type [m] means and imbalances (max - mean over data ranks)
         pieces = {name: _mean_max(x) for name, x in {
             "attn_f": attn_f, "attn_b": attn_b, "mlp": parts["mlp"], "moe_side": moe_side, "gate": gate_f,
             "embed": embed, "head": head, "mtp": mtp}.items()}
-        head_gemm = _mean_max(c.gemm_s(t, self.d, sh.model.vocab_size // self.mesh.tp))[0]
         wgrad = (_mean_max(parts["attn_proj"])[0][:, None] * lay.layers[None, :]
                  + pieces["mlp"][0][:, None] * lay.dense[None, :] + pieces["moe_side"][0][:, None] * lay.moe[None, :]
-                 + head_gemm[:, None] * (lay.head + lay.mtp)[None, :]
+                 + _mean_max(head_gemm)[0][:, None] * (lay.head + lay.mtp)[None, :]
                  + _mean_max(mtp_proj)[0][:, None] * lay.mtp[None, :])
         recompute_layer = self._recompute_layer(parts)
         rec_attn, rec_dense, rec_moe = (_mean_max(x)[0] + _mean_max(x)[1] for x in recompute_layer)

@@ -46,14 +46,19 @@ class PipelineRun:
     events: int
 
 
+def _comm_comp(plan: PipelinePlan, d: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([n_slots] hideable communication, [n_slots] the rest)`` seconds of every slot."""
+    comm = np.bincount(plan.slot_index, weights=h, minlength=plan.n_slots)
+    comp = np.bincount(plan.slot_index, weights=d - h, minlength=plan.n_slots)
+    return comm, comp
+
+
 def slot_durations(plan: PipelinePlan, dur: Sequence[float], hide: Sequence[float] | None = None) -> list[float]:
     """``[n_slots]`` seconds of every slot (module doc), in the global slot numbering."""
     d = np.asarray(dur, dtype=np.float64)
     if hide is None:
         return np.bincount(plan.slot_index, weights=d, minlength=plan.n_slots).tolist()
-    h = np.asarray(hide, dtype=np.float64)
-    comm = np.bincount(plan.slot_index, weights=h, minlength=plan.n_slots)
-    comp = np.bincount(plan.slot_index, weights=d - h, minlength=plan.n_slots)
+    comm, comp = _comm_comp(plan, d, np.asarray(hide, dtype=np.float64))
     return np.where(plan.fused_flat, np.maximum(comp, comm), comp + comm).tolist()
 
 
@@ -154,10 +159,8 @@ def exposed_hide(plan: PipelinePlan, dur: np.ndarray, hide: np.ndarray) -> np.nd
     h = np.asarray(hide, dtype=np.float64).ravel()
     if not plan.fused:
         return h.copy()
-    d = np.asarray(dur, dtype=np.float64).ravel()
+    comm, comp = _comm_comp(plan, np.asarray(dur, dtype=np.float64).ravel(), h)
     slot = plan.slot_index
-    comm = np.bincount(slot, weights=h, minlength=plan.n_slots)
-    comp = np.bincount(slot, weights=d - h, minlength=plan.n_slots)
     exposed = np.where(plan.fused_flat, np.maximum(comm - comp, 0.0), comm)
     share = np.divide(h, comm[slot], out=np.zeros_like(h), where=comm[slot] > 0)
     return share * exposed[slot]

@@ -152,6 +152,12 @@ class PipelinePlan:
         """``[n_slots]`` bool: ``slot_fused`` in the global slot numbering."""
         return np.fromiter((f for stage in self.slot_fused for f in stage), dtype=bool, count=self.n_slots)
 
+    @cached_property
+    def home_stage(self) -> np.ndarray:
+        """``[C]`` the first stage holding each chunk: the data-parallel groups of that stage reduce,
+        shard and save the chunk's state (DualPipe's two holders of a stage share one group)."""
+        return np.array([min(s for s, held in enumerate(self.stage_chunks) if c in held) for c in range(self.chunks)])
+
     def op_id(self, kind: int, mb: int, chunk: int) -> int:
         """Id of op (kind, micro-batch, chunk)."""
         return (kind * self.micro_batches + mb) * self.chunks + chunk
@@ -195,17 +201,16 @@ def build_plan(kind: str, *, pp: int, micro_batches: int, virtual: int = 1) -> P
                 pos += 1
             n_slot += 1
     assert min(stage_of) >= 0, f"{kind}: some ops are never scheduled"
+    cross = [d >= 0 and stage_of[d] != stage_of[me] for me, d in enumerate(dep)]
     slots, device_ops, fused = [], [], []
     for order in orders:
         stage_slots = []
         for slot in order:
             ids = [oid(k, mb, c) for k, mb, c in slot]
-            stage_slots.append(tuple((me, dep[me] if dep[me] not in ids else -1,
-                                      dep[me] >= 0 and stage_of[dep[me]] != stage_of[me]) for me in ids))
+            stage_slots.append(tuple((me, dep[me] if dep[me] not in ids else -1, cross[me]) for me in ids))
         slots.append(tuple(stage_slots))
         fused.append(tuple(len({k for k, _, _ in slot} & {F, B}) == 2 for slot in order))
-        device_ops.append(tuple((me, dep[me], dep[me] >= 0 and stage_of[dep[me]] != stage_of[me])
-                                for sl in stage_slots for me, _, _ in sl))
+        device_ops.append(tuple((me, dep[me], cross[me]) for sl in stage_slots for me, _, _ in sl))
     ids = range(n)
     op_chunk = tuple(i % c_total for i in ids)
     release = kinds - 1                       # the op kind after which a chunk's gradients are done
@@ -217,8 +222,8 @@ def build_plan(kind: str, *, pp: int, micro_batches: int, virtual: int = 1) -> P
                 last[op_chunk[me]] = me
         grad_ops.append(tuple(sorted(last.items())))
     return PipelinePlan(
-        kind=kind, pp=pp, virtual=virtual, micro_batches=m, chunks=c_total, kinds=kinds, slots=tuple(slots), slot_fused=tuple(fused),
-        device_ops=tuple(device_ops), op_stage=tuple(stage_of), op_chunk=op_chunk,
+        kind=kind, pp=pp, virtual=virtual, micro_batches=m, chunks=c_total, kinds=kinds, slots=tuple(slots),
+        slot_fused=tuple(fused), device_ops=tuple(device_ops), op_stage=tuple(stage_of), op_chunk=op_chunk,
         op_mb=tuple((i // c_total) % m for i in ids), op_kind=tuple(i // (c_total * m) for i in ids),
         op_slot=tuple(slot_of), dep_of=tuple(dep), position=tuple(position),
         stage_chunks=tuple(tuple(c for c, _ in g) for g in grad_ops), grad_ops=tuple(grad_ops))

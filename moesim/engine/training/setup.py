@@ -36,7 +36,7 @@ from moesim.engine.moe_setup import build_balancer
 from moesim.engine.training.dpsync import GradSync
 from moesim.engine.training.faults import StragglerModel
 from moesim.engine.training.layout import ChunkLayout, chunk_layout
-from moesim.engine.training.memory import MemoryModel, ParamSplit, param_split
+from moesim.engine.training.memory import MemoryModel, ParamSplit, expert_redundancy, param_split, state_bytes_per_param
 from moesim.engine.training.mesh import Mesh, build_mesh
 from moesim.engine.training.moe_step import MoeStepModel, build_gate
 from moesim.engine.training.mtp import mtp_model, mtp_params
@@ -184,10 +184,10 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     if scenario.placement.replan_interval_s is not None:
         raise ConfigError("training re-plans by steps: set placement.replan_interval_steps instead of "
                           "placement.replan_interval_s", field="placement.replan_interval_s")
+    redundancy = expert_redundancy(model, scenario.placement.redundant_experts)
     if model.moe is not None:
         moe = model.moe
-        redundant = scenario.placement.redundant_experts
-        params = ParamSplit(params.dense, params.expert * (moe.n_routed_experts + redundant) / moe.n_routed_experts)
+        params = ParamSplit(params.dense, params.expert * redundancy)
         t_group = mesh.group_tokens(mb_tokens)
         base = _base_share(scenario, model, t_group, streams.get("routing"))
         expert_bytes = shape.expert_params * DTYPE_BYTES[opt.param_dtype] / mesh.etp
@@ -210,8 +210,6 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
                                expert_bytes)
     zero3 = None
     if opt.zero >= 3:
-        redundancy = 1.0 if model.moe is None else \
-            (model.moe.n_routed_experts + scenario.placement.redundant_experts) / model.moe.n_routed_experts
         zero3 = Zero3Comm(shape=shape, mesh=mesh, layout=layout, plan=plan, cfg=cfg, coll=coll,
                           dp_groups=groups["dp_sync"], edp_groups=groups["edp_sync"], expert_redundancy=redundancy)
     sizes = (np.array([len(g) for g in groups["dp_sync"]]), np.array([len(g) for g in groups["edp_sync"]]))
@@ -240,8 +238,7 @@ def _replanner(scenario: Scenario, model: ModelSpec, mesh: Mesh, topo: Any, grou
     if pc.replan_interval_steps is None:
         return None
     w = DTYPE_BYTES[opt.param_dtype]
-    states = (4.0 if opt.master_weights else 0.0) + 2 * DTYPE_BYTES[opt.state_dtype]
-    states /= mesh.edp if opt.zero >= 1 else 1
+    states = state_bytes_per_param(opt) / (mesh.edp if opt.zero >= 1 else 1)
     return StepReplanner(
         interval_steps=pc.replan_interval_steps, ema_decay=pc.ema_decay,
         planner=lambda share: _placement(scenario, model, mesh, topo, group, share * slots_per_group, expert_bytes),

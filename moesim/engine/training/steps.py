@@ -215,7 +215,7 @@ class StepLoop:
         or W (B is the whole backward unless the schedule splits off W; both are kind "backward");
         ``fused``: the op ran in an overlapped F&B slot."""
         plan = self.s.plan
-        fused = [f for stage in plan.slot_fused for f in stage]
+        fused = plan.fused_flat.tolist()
         rows = [{"stage": plan.op_stage[i], "chunk": plan.op_chunk[i], "micro_batch": plan.op_mb[i],
                  "kind": "forward" if plan.op_kind[i] == 0 else "backward", "op": "FBW"[plan.op_kind[i]],
                  "fused": fused[plan.op_slot[i]], "start_s": run.start[i],

@@ -54,7 +54,6 @@ class Zero3Comm:
                  cfg: TrainingCfg, coll: CollectiveCost, dp_groups: list[tuple[int, ...]],
                  edp_groups: list[tuple[int, ...]], expert_redundancy: float = 1.0) -> None:
         opt = cfg.optimizer
-        self.plan = plan
         self.overlap_gather, self.overlap_reduce = opt.overlap_param_gather, opt.overlap_grad_reduce
         pb, gb = DTYPE_BYTES[opt.param_dtype], DTYPE_BYTES[opt.grad_dtype]
         m = shape.model
@@ -67,8 +66,7 @@ class Zero3Comm:
         kinds = [(layout.dense, dense_layer, 0.0), (layout.moe, moe_dense, moe_expert),
                  (layout.embed.astype(float), vocab, 0.0), (layout.head.astype(float), vocab, 0.0)]
         c_total = layout.chunks
-        # the first stage holding each chunk (a DualPipe stage's two holders share one group)
-        group = [next(s for s, held in enumerate(plan.stage_chunks) if c in held) for c in range(c_total)]
+        group = plan.home_stage                   # [C] whose dp / expert-dp groups gather and reduce the chunk
         self.gather_s = np.zeros(c_total)         # [C] per op, one direction (forward or backward)
         self.reduce_s = np.zeros(c_total)         # [C] per backward op
         self.unit_max = np.zeros(c_total)         # [C] largest unit, parameters per GPU
