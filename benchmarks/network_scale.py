@@ -19,6 +19,12 @@ completion event loop (``FlowNetwork`` defaults: ``window_frac = 1e-2``, ``rtol 
   64 GPUs doing their all-to-all *at the same time* on the shared fabric, every group spread over
   all 16 pods (group k = GPUs k, k + 256, k + 512, ...), so the traffic crosses the core:
   1,032,192 GPU-level flows solved jointly, skewed (one hot rank per group receiving 4x).
+* (b2) 16,384 GPUs, all 268M pairs, costed as the engine costs a pass's all-to-all: the congestion
+  bound on the real paths (``LinkLoadCollectives.all_to_all_s``: busiest link's bytes / capacity +
+  path and message latency), its link bytes summed from the pair matrix by
+  ``fat_tree_loads.all_to_all_link_bytes`` (no per-pair routes). Hot rank 4x and lognormal loads,
+  as in (a); the timed call includes copying the 2 GB matrix. (a) gives how far the max-min
+  makespan lies above this bound on the same fabric family.
 * (c) building the 16,384-GPU topology: ``fat_tree(16384)`` with its networkx graph, and the
   ``FlowNetwork`` on it.
 
@@ -41,6 +47,7 @@ import numpy as np
 
 from moesim.network.flows import FlowNetwork
 from moesim.network.generators import fat_tree
+from moesim.network.link_load import LinkLoadCollectives
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[str, str, Any]:
@@ -116,6 +123,22 @@ def bench_16k(repeats: int) -> list[str]:
             f"{first} | {med} | ≤ 5 |"]
 
 
+def bench_16k_all_pairs(repeats: int) -> list[str]:
+    """(b2): one all-to-all over all 16,384 GPUs, congestion bound, every pair."""
+    n = 16384
+    coll = LinkLoadCollectives(fat_tree(n, build_graph=False), efficiency=1.0, per_message_latency_s=0.0,
+                               account=False)
+    group = tuple(range(n))
+    rows = []
+    for name, make in (("hot rank 4x", _hot), ("lognormal loads", _lognormal)):
+        pb = make(n, np.random.default_rng(0))
+        first, med, t_s = _timed(lambda pb=pb: coll.all_to_all_s(group, pb), repeats)
+        del pb
+        rows.append(f"| (b2) 16,384 GPUs, all pairs, {name}, congestion bound | {n * (n - 1):,} | 0 | "
+                    f"{t_s * 1e3:.3f} ms (bound) | {first} | {med} | ≤ 5 |")
+    return rows
+
+
 def bench_build(repeats: int) -> list[str]:
     """(c): the 16,384-GPU topology, with and without its graph, and the FlowNetwork on it."""
     rows = []
@@ -148,7 +171,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = bench_1k(args.repeats)
     if not args.skip_16k:
-        rows += bench_16k(args.repeats) + bench_build(args.repeats)
+        rows += bench_16k(args.repeats) + bench_16k_all_pairs(args.repeats) + bench_build(args.repeats)
     print("### Network scale (issue 3): `python benchmarks/network_scale.py`\n")
     print(f"Machine: {machine()}. Fat-tree: 8 GPUs/host, 400 Gb/s NIC per GPU, radix 64, 1:1, PXN.\n")
     print("| case | flows | re-solves | simulated time | first run, wall (CPU) s | median, wall (CPU) s "
