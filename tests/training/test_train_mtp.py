@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from train_helpers import TINY_DENSE, merge, moe_scenario
 
-from moesim.config.schema import Scenario
+from moesim.config.schema import DTYPE_BYTES, Scenario
 from moesim.core.errors import ConfigError
 from moesim.engine.build import ZeroCollectives
 from moesim.engine.training import run_training
@@ -98,3 +98,28 @@ def test_layers_per_chunk_lists_the_main_layers() -> None:
     assert list(setup.layout.layers) == [5, 4] and list(setup.layout.mtp) == [0, 1]
     with pytest.raises(ConfigError, match="without its 1 MTP blocks"):
         _setup(mtp_depth=1, parallel={"pp": 2}, schedule={"layers_per_chunk": (5, 4)})
+
+
+@pytest.mark.parametrize(("kind", "pp", "tied", "mtp_depth", "synced"), [
+    ("1f1b", 2, False, 1, True),       # MTP's embedding copy on the last stage
+    ("1f1b", 2, True, 0, True),        # a tied head is such a copy too
+    ("dualpipe", 2, False, 1, False),  # DualPipe holds chunk 0 and the last chunk on one stage
+    ("1f1b", 1, True, 1, False),       # one stage: nothing to sync
+])
+def test_embedding_copy_gradient_is_all_reduced_with_the_first_stage(kind: str, pp: int, tied: bool,
+                                                                      mtp_depth: int, synced: bool) -> None:
+    scen = _scenario(mtp_depth=mtp_depth, parallel={"pp": pp}, schedule={"kind": kind})
+    scen = scen.model_copy(update={"model": scen.model.model_copy(update={"tied_embeddings": tied})})
+    setup = build_training(scen)                     # the topology's collectives: the sync costs time
+    sync = setup.sync
+    if not synced:
+        assert sync.embed_sync_s == 0.0
+        return
+    grad_b = DTYPE_BYTES[setup.cfg.optimizer.grad_dtype]
+    pair = (setup.mesh.gpu(stage=0), setup.mesh.gpu(stage=pp - 1))
+    want = float(setup.coll.all_reduce_s(pair, V * D / setup.mesh.tp * grad_b))
+    assert want > 0 and sync.embed_sync_s == pytest.approx(want, rel=1e-12)
+    # it follows both stages' data-parallel reduction and ends both: the step grows by exactly it
+    with_sync = StepLoop(setup).step(0).step_s
+    sync.embed_sync_s = 0.0
+    assert with_sync - StepLoop(setup).step(0).step_s == pytest.approx(want, rel=1e-9)

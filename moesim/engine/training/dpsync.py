@@ -24,6 +24,12 @@ When the bucket's own group crosses hosts it gets the rest of the NIC time, and 
 it (max-min fairness between two flows on one link): its time is divided by ``max(1 - u, 1/2)``.
 The all-to-all is not slowed in turn (its ops are already placed when the buckets are costed);
 PP sends are small and not counted.
+
+**Embedding copy.** Where the last stage keeps a copy of the word embedding (tied head, or MTP's
+lookup, ``mtp.embedding_copy``), its gradient is all-reduced between the first and the last stage
+(one pair of GPUs per data-parallel and tensor rank, ``vocab x d / tp`` gradients) once both have
+finished their data-parallel reduction, as Megatron's ``finalize_model_grads`` does; both stages
+end with it.
 """
 
 from __future__ import annotations
@@ -48,12 +54,15 @@ class GradSync:
     """Bucketed gradient reduction, optimizer step and parameter gather of the simulated pipeline.
 
     ``dp_groups`` / ``edp_groups``: per stage, the GPUs its dense / expert gradients reduce over;
-    ``node_of``: host of every GPU (a group spanning hosts shares the NICs, module doc).
+    ``node_of``: host of every GPU (a group spanning hosts shares the NICs, module doc);
+    ``embed_pair``: the first-stage and last-stage GPU whose embedding copies are all-reduced, and
+    ``embed_params`` the copy's parameters per GPU (module doc); None / 0 without a copy.
     """
 
     def __init__(self, *, params: ParamSplit, mesh: Mesh, plan: PipelinePlan, cfg: TrainingCfg, cost: CostModel,
                  coll: CollectiveCost, dp_groups: list[tuple[int, ...]], edp_groups: list[tuple[int, ...]],
-                 node_of: np.ndarray) -> None:
+                 node_of: np.ndarray, embed_pair: tuple[int, int] | None = None,
+                 embed_params: float = 0.0) -> None:
         opt = cfg.optimizer
         self.plan, self.overlap = plan, opt.overlap_grad_reduce
         grad_b, param_b = DTYPE_BYTES[opt.grad_dtype], DTYPE_BYTES[opt.param_dtype]
@@ -99,6 +108,12 @@ class GradSync:
         """``[pp]`` ZeRO-1/2 parameter all-gather output per GPU per step, bytes."""
         self.bytes_per_step = (dense + expert) * grad_b + self.param_gather_bytes if opt.zero < 3 \
             else np.zeros(mesh.pp)
+        self.embed_stages = (int(plan.home_stage[0]), int(plan.home_stage[-1]))
+        self.embed_sync_s = 0.0
+        """Seconds of the embedding copy's gradient all-reduce (0 without a copy)."""
+        if embed_pair is not None and embed_params > 0:
+            self.embed_sync_s = float(coll.all_reduce_s(embed_pair, embed_params * grad_b))
+            self.bytes_per_step[list(self.embed_stages)] += embed_params * grad_b
 
     def sync_end(self, run: PipelineRun, ep_nic_s: np.ndarray | None = None) -> np.ndarray:
         """``[pp]`` when each stage's last gradient bucket is reduced (seconds from step start).
@@ -125,6 +140,9 @@ class GradSync:
             for ri, di in zip(r[order].tolist(), d[order].tolist()):
                 t = (ri if ri > t else t) + di
             out[s] = max(out[s], t)
+        if self.embed_sync_s:
+            first, last = self.embed_stages
+            out[first] = out[last] = max(out[first], out[last]) + self.embed_sync_s
         return out
 
     def post_step_s(self) -> tuple[float, float]:

@@ -13,12 +13,14 @@ head (shared with the main model) into a cross-entropy loss. How the simulator b
   lookup and one more pass through the output head (GEMM and fp32 loss), backward 2x;
 * parameters (``mtp_params``): the projection ``2 d^2`` and three RMSNorm vectors per module, and
   a copy of the shared embedding on the last chunk's stage unless that stage also holds chunk 0
-  (DualPipe puts them together, as DeepSeek-V3 does; Megatron keeps a copy on the last stage);
+  (DualPipe puts them together, as DeepSeek-V3 does; Megatron keeps a copy on the last stage) or
+  the head already is that copy (tied embeddings);
+* the copy's gradient is all-reduced with the first stage's embedding after the data-parallel
+  reduction, as Megatron does for tied embeddings (``embedding_copy``; ``dpsync.GradSync``);
 * model FLOPs (MFU): ``6 x tokens x`` (the block's active parameters + projection + head).
 
 Not modelled: the projection's and head's activation memory (the main head's logits are not
-either), the embedding copy's gradient all-reduce with the first stage, and ZeRO-3 gathers of the
-projection / embedding copy. With a routing *trace* the trace must have the extra MoE layers.
+either), and ZeRO-3 gathers of the projection / embedding copy. With a routing *trace* the trace must have the extra MoE layers.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from moesim.config.schema import ModelSpec
 from moesim.engine.training.layout import ChunkLayout
 from moesim.engine.training.schedule import PipelinePlan
 
-__all__ = ["mtp_flops_params", "mtp_model", "mtp_params"]
+__all__ = ["embedding_copy", "mtp_flops_params", "mtp_model", "mtp_params"]
 
 
 def mtp_model(model: ModelSpec, depth: int) -> ModelSpec:
@@ -39,12 +41,21 @@ def mtp_model(model: ModelSpec, depth: int) -> ModelSpec:
     return model.model_copy(update={"n_layers": model.n_layers + depth})
 
 
+def embedding_copy(model: ModelSpec, layout: ChunkLayout, plan: PipelinePlan) -> bool:
+    """Whether the last chunk's stage keeps a copy of the word embedding — for a tied output head
+    or for the MTP modules' embedding lookup — because no stage holds both the first and the last
+    chunk; the copy's gradient must then be all-reduced with the first stage's embedding."""
+    last = layout.chunks - 1
+    shares = model.tied_embeddings or bool(layout.mtp[last])
+    return shares and last > 0 and not any(0 in held and last in held for held in plan.stage_chunks)
+
+
 def mtp_params(model: ModelSpec, layout: ChunkLayout, plan: PipelinePlan) -> np.ndarray:
     """``[C]`` MTP parameters of each chunk beyond its blocks (unsharded; module doc)."""
     d = model.hidden_size
     out = layout.mtp * (2.0 * d * d + 3.0 * d)
     last = layout.chunks - 1
-    if layout.mtp[last] and not any(0 in held and last in held for held in plan.stage_chunks):
+    if layout.mtp[last] and not model.tied_embeddings and embedding_copy(model, layout, plan):
         out[last] += model.vocab_size * d            # the shared embedding, copied to the last stage
     return out
 

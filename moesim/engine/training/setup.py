@@ -39,7 +39,7 @@ from moesim.engine.training.layout import ChunkLayout, chunk_layout
 from moesim.engine.training.memory import MemoryModel, ParamSplit, expert_redundancy, param_split, state_bytes_per_param
 from moesim.engine.training.mesh import Mesh, build_mesh
 from moesim.engine.training.moe_step import MoeStepModel, build_gate
-from moesim.engine.training.mtp import mtp_model, mtp_params
+from moesim.engine.training.mtp import embedding_copy, mtp_model, mtp_params
 from moesim.engine.training.opcost import DenseOpModel
 from moesim.engine.training.schedule import PipelinePlan, build_plan
 from moesim.engine.training.zero3 import Zero3Comm
@@ -218,8 +218,14 @@ def build_training(scenario: Scenario, *, collectives: CollectiveCost | None = N
     table = memory.check(mb_tokens, balanced_slots)
     dense = DenseOpModel(shape=shape, cost=cost, coll=coll, mesh=mesh, layout=layout, cfg=cfg,
                          tp_groups=groups["tp"], cp_groups=groups["cp"], dp_groups=groups["dp"])
+    embed_pair = None
+    if embedding_copy(model, layout, plan):
+        first, last = int(plan.home_stage[0]), int(plan.home_stage[-1])
+        embed_pair = (mesh.gpu(stage=first, dp_rank=groups["lead"][first][0]),
+                      mesh.gpu(stage=last, dp_rank=groups["lead"][last][0]))
     sync = GradSync(params=params, mesh=mesh, plan=plan, cfg=cfg, cost=cost, coll=coll, dp_groups=groups["dp_sync"],
-                    edp_groups=groups["edp_sync"], node_of=np.asarray(topo.node_of))
+                    edp_groups=groups["edp_sync"], node_of=np.asarray(topo.node_of), embed_pair=embed_pair,
+                    embed_params=model.vocab_size * model.hidden_size / mesh.tp)
     p2p = _p2p(mesh, plan, coll, groups, mb_tokens, model.hidden_size * shape.act_bytes_per_elem)
     return TrainingSetup(scenario=scenario, cfg=cfg, model=model, gpu=gpu, shape=shape, topology=topo, cost=cost,
                          coll=coll, mesh=mesh, layout=layout, plan=plan, params=params, memory=memory,
