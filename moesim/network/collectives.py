@@ -27,10 +27,11 @@ the largest path latency between the GPUs that step involves):
   all-reduce pick per size; ``nccl``: NCCL's own choice: ring, nvls (``nvls=True``, one node)
   and tree (groups spanning several nodes; NCCL's tree is an inter-node algorithm);
 * all-gather / reduce-scatter (ring): ``(n-1)/n · S / B + (n-1) · L``, S = total output bytes;
-* all-to-all, ``direct`` (every pair at once): ``max_i max(send_i / B_out_i, recv_i / B_in_i) +
-  L``, where ``B_out_i`` is rank i's narrowest bottleneck towards any other member (x
-  efficiency), ``B_in_i`` the narrowest from any other member, and L uses the largest pair
-  latency in the group;
+* all-to-all, ``direct`` (every pair at once): ``max_i max_tier max(send_i / B_out_i,
+  recv_i / B_in_i) + L`` over the two tiers of a rank's peers, the same host (NVLink / PCIe) and
+  other hosts (NIC), whose ports move bytes at the same time: ``send_i`` are the bytes rank i
+  sends to that tier's peers, ``B_out_i`` its narrowest bottleneck towards them (x efficiency),
+  likewise ``recv_i`` and ``B_in_i``; L uses the largest pair latency in the group;
 * all-to-all, ``low_latency`` (DeepEP's low-latency kernels: every GPU writes straight into
   every destination GPU, over RDMA across hosts, no NVLink forwarding, one step): the same
   closed form as ``direct`` here (the flow model routes it without PXN);
@@ -321,6 +322,7 @@ class SimpleCollectives:
         self.nvls = bool(nvls)
         self._ring_cache: dict[tuple[int, ...], tuple[float, float]] = {}
         self._a2a_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float]] = {}
+        self._a2a_tier_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
         self._tree_cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
         self._rails: Rails | None = None
         self._cells: dict[tuple[tuple[int, ...], str], tuple[np.ndarray, ...]] = {}
@@ -361,6 +363,21 @@ class SimpleCollectives:
             b_in = bw.min(axis=0)
             lat = float(self.topology.latency_s[np.ix_(g, g)].max()) + self.per_message_latency_s
             hit = self._a2a_cache[group] = (b_out, b_in, lat)
+        return hit
+
+    def _a2a_tiers(self, group: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """``([2, n] B_out, [2, n] B_in bytes/s, [n, n] same-host mask, latency s)`` of a direct
+        all-to-all over ``group``: row 0 towards / from the same host's members, row 1 the other
+        hosts' (``inf`` where a rank has no such peer)."""
+        hit = self._a2a_tier_cache.get(group)
+        if hit is None:
+            g = np.asarray(self._check(group))
+            bw = self._pair_bw(g[:, None], g[None, :])  # inf on the diagonal
+            node = self.topology.node_of[g]
+            same = node[:, None] == node[None, :]
+            tiers = np.stack([np.where(same, bw, np.inf), np.where(same, np.inf, bw)])
+            lat = self._a2a(group)[2]
+            hit = self._a2a_tier_cache[group] = (tiers.min(axis=2), tiers.min(axis=1), same, lat)
         return hit
 
     def tree(self, group: tuple[int, ...]) -> tuple[float, float, int]:
@@ -467,11 +484,13 @@ class SimpleCollectives:
         floor = np.zeros(pb.shape[:-2]) if kernel_s is None else np.broadcast_to(_as_bytes(kernel_s), pb.shape[:-2])
         if algorithm == "hierarchical":
             return _out(self._hierarchical(g, pb, node_bytes, forward_at, protocols, floor))
-        b_out, b_in, lat = self._a2a(g)
+        b_out, b_in, same, lat = self._a2a_tiers(g)
         off = pb * (1.0 - np.eye(n))
-        sent, recv = off.sum(axis=-1), off.sum(axis=-2)  # [..., n]
-        bw_s = np.maximum(sent / b_out, recv / b_in).max(axis=-1)
-        inj = np.maximum(sent, recv).max(axis=-1)
+        bw_s = np.zeros(pb.shape[:-2])
+        for peers, bo, bi in ((same, b_out[0], b_in[0]), (~same, b_out[1], b_in[1])):
+            part = off * peers
+            bw_s = np.maximum(bw_s, np.maximum(part.sum(axis=-1) / bo, part.sum(axis=-2) / bi).max(axis=-1))
+        inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
         return _out(_fastest(protocols, lambda p: p.a2a_launch_s + lat
                              + np.maximum.reduce([bw_s / p.bw_fraction, inj / p.injection_bytes_per_s, floor]),
                              off.max(axis=(-2, -1))))

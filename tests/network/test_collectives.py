@@ -71,11 +71,16 @@ def test_all_to_all_ignores_the_diagonal(node: SimpleCollectives) -> None:
     assert node.all_to_all_s(g, big_diag) == node.all_to_all_s(g, pb)
 
 
-def test_all_to_all_across_hosts_uses_each_ranks_slowest_link(rail: SimpleCollectives) -> None:
+def test_all_to_all_across_hosts_moves_nvlink_and_nic_bytes_at_once(rail: SimpleCollectives) -> None:
+    """Each rank's same-host bytes go over NVLink while its other-host bytes go through the NIC."""
     g = (0, 1, 8, 9)
-    pb = np.full((4, 4), 1e6)
-    expected = 3e6 / (NIC * EFF) + rail.topology.latency_s[np.ix_(g, g)].max() + MSG_S
-    assert rail.all_to_all_s(g, pb) == pytest.approx(expected)
+    lat = rail.topology.latency_s[np.ix_(g, g)].max() + MSG_S
+    pb = np.full((4, 4), 1e6)  # 1 MB to the host's other GPU, 2 MB to the other host
+    assert rail.all_to_all_s(g, pb) == pytest.approx(2e6 / (NIC * EFF) + lat)
+    heavy_local = pb * np.array([[1, 50, 1, 1], [50, 1, 1, 1], [1, 1, 1, 50], [1, 1, 50, 1]])
+    assert rail.all_to_all_s(g, heavy_local) == pytest.approx(max(50e6 / (B * EFF), 2e6 / (NIC * EFF)) + lat)
+    heavier_local = pb * np.array([[1, 900, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    assert rail.all_to_all_s(g, heavier_local) == pytest.approx(900e6 / (B * EFF) + lat)
 
 
 def test_p2p_is_bytes_over_bottleneck_plus_latency(rail: SimpleCollectives) -> None:
