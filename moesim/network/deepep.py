@@ -18,9 +18,11 @@ https://github.com/deepseek-ai/DeepEP):
 * **low-latency** (``mode="low_latency"``, decode): one message per (token, expert) selection,
   written straight from the source GPU into the destination GPU (RDMA across hosts, NVLink inside
   one), no forwarding, no de-duplication (``low_latency`` all-to-all). Its fixed cost grows with
-  the number of experts (every GPU signals a count to every expert), the achieved bandwidth is a
-  fraction of the bus (``ll_bw_fraction``: small per-token messages), and dispatch is sent by one
-  warp per top-k slot on ``min(E, SMs)`` SMs (few experts or top-1 leave it warp-limited).
+  the number of experts (every GPU signals a count to every expert), the SMs copy small per-token
+  messages at a fraction of NVLink's rate (``ll_bw_fraction``: a per-GPU injection limit, so it
+  binds inside a host and not on a NIC slower than it), and dispatch is sent by one warp per
+  top-k slot on ``min(E, SMs)`` SMs (few experts or top-1 leave it warp-limited). Checked across
+  hosts against DeepEP's published H800 figures (``benchmarks/deepep_multinode.py``).
 
 Time of one call = the collectives' all-to-all of that pattern with the kernel as its
 ``Protocol``: ``launch + path latencies + max(network time / bw_fraction, SM time)``, on whatever
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from moesim.config.presets import load_gpu
 from moesim.network.collectives import Protocol, Seconds
 
 __all__ = ["DEEPEP_CALIBRATION", "DeepEP", "DeepEPCalibration", "EpTokens", "combine_token_bytes",
@@ -68,7 +71,10 @@ class DeepEPCalibration:
         ll_dispatch_launch_s / ll_combine_launch_s: fixed cost of a low-latency kernel, s.
         ll_dispatch_s_per_expert / ll_combine_s_per_expert: fixed cost per expert (count
             signals), s.
-        ll_bw_fraction: achieved share of the collectives' bandwidth by low-latency kernels.
+        ll_bw_fraction: share of the collectives' NVLink rate the low-latency kernels' SMs copy
+            (fitted inside one host); it bounds what one GPU sends or receives per second on any
+            path, so over RDMA, where the NIC moves the messages, it binds only when it is below
+            the NIC's rate.
         ll_warp_bytes_per_s: bytes/s one sending warp of the low-latency dispatch moves.
         source: what the numbers were fitted to.
     """
@@ -256,6 +262,8 @@ class DeepEP:
             calibration = collectives.topology.gpu
         self.calibration = deepep_calibration(calibration) if isinstance(calibration, str) else calibration
         self.node_of = np.asarray(collectives.topology.node_of)[list(self.group)]
+        self.nvlink_bytes_per_s = load_gpu(collectives.topology.gpu).nvlink_bytes_per_s * collectives.efficiency
+        """A GPU's NVLink port rate per direction as the collectives achieve it (bytes/s)."""
 
     def expected_tokens(self, tokens_per_gpu: ArrayLike, top_k: int, n_experts: int) -> EpTokens:
         """``expected_ep_tokens`` on this group's hosts."""
@@ -270,15 +278,16 @@ class DeepEP:
             return Protocol(f"deepep-normal-{kind}", a2a_launch_s=launch)  # SM limit: ``kernel_s``
         if mode != "low_latency":
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        copy = c.ll_bw_fraction * self.nvlink_bytes_per_s  # the SMs' copy rate (see ``ll_bw_fraction``)
         if kind == "dispatch":
             groups = -(-n_experts // c.sm_count)  # warp groups per SM: one per expert
             sms = -(-n_experts // groups)
             warps = sms * min(top_k, 32 // groups)  # one sending warp per top-k slot
             return Protocol("deepep-ll-dispatch",
                             a2a_launch_s=c.ll_dispatch_launch_s + n_experts * c.ll_dispatch_s_per_expert,
-                            bw_fraction=c.ll_bw_fraction, injection_bytes_per_s=warps * c.ll_warp_bytes_per_s)
+                            injection_bytes_per_s=min(copy, warps * c.ll_warp_bytes_per_s))
         return Protocol("deepep-ll-combine", a2a_launch_s=c.ll_combine_launch_s + n_experts * c.ll_combine_s_per_expert,
-                        bw_fraction=c.ll_bw_fraction)
+                        injection_bytes_per_s=copy)
 
     def kernel_s(self, kind: str, tokens: EpTokens, token_bytes: float, num_sms: int) -> np.ndarray:
         """``[...]`` seconds the busiest GPU's ``num_sms`` SMs need for a normal ``kind`` kernel

@@ -32,8 +32,5 @@ def test_routing_keeps_every_token_inside_its_top_hosts(bench) -> None:  # type:
 def test_ep16_predictions_stay_within_their_recorded_errors(bench) -> None:  # type: ignore[no-untyped-def]
     table = {case: p / m - 1.0 for case, m, p, _ in bench.rows("flow", eps=(16,))}
     assert len(table) == 4
-    # recorded in benchmarks/RESULTS.md: normal +0.1 / -1.3 %, low-latency +20 / +30 %
-    normal = [e for c, e in table.items() if c.startswith("normal")]
-    ll = [e for c, e in table.items() if c.startswith("low-latency")]
-    assert max(abs(e) for e in normal) < 0.05
-    assert all(0.0 < e < 0.4 for e in ll)
+    # recorded in benchmarks/RESULTS.md: normal +0.1 / -1.3 %, low-latency -0.1 / +6.9 %
+    assert max(abs(e) for e in table.values()) < 0.1
