@@ -13,7 +13,7 @@ completion event loop (``FlowNetwork`` defaults: ``window_frac = 1e-2``, ``rtol 
   issue's skew; flows into the same destination finish together, 3 re-solves); ``lognormal``:
   per-destination load lognormal(σ = 0.5) × per-pair U(0.8, 1.2), i.e. expert-load skew, whose
   spread of completion times costs one re-solve per coalescing window (``window_frac``; the
-  makespan error of 1e-2 and 3e-2 is measured in ``maxmin``'s docstring: ≤ 0.6 % and ≤ 1.1 %).
+  makespan error of 1e-2 and 3e-2 is measured in ``batch``'s docstring: ≤ 0.6 % and ≤ 1.1 %).
 * (b) 16,384 GPUs: all 268M pairs (or the 33.5M rail-aligned host-pair flows) do not fit a 5 s
   budget in numpy, so what is solved is what a 16k-GPU MoE job runs: 256 expert-parallel groups of
   64 GPUs doing their all-to-all *at the same time* on the shared fabric, every group spread over

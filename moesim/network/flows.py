@@ -13,7 +13,7 @@ them, a fixed function of (src, dst) as per-flow ECMP hashing does. So on ``h100
 a cross-rail transfer crosses NVLink to the proxy and then one NIC. Paths are cached per (src,
 dst) pair, and the incidence of a whole group (all its ordered pairs) per group.
 
-**Time of a batch.** The flows of a batch start together; ``maxmin.simulate_batch`` gives each
+**Time of a batch.** The flows of a batch start together; ``batch.simulate_batch`` gives each
 flow's finish time ``f_i`` (link capacities are ``bytes_per_s × efficiency``). Flow ``i``'s last
 byte lands ``lat_i`` later (its path latency: the sum of hop latencies, the largest over its ECMP
 paths), so the batch takes ``max_i (f_i + lat_i) + per_message_latency_s`` (0 s without bytes).
@@ -43,7 +43,8 @@ import networkx as nx
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moesim.network.maxmin import Incidence, simulate_batch
+from moesim.network.batch import simulate_batch
+from moesim.network.maxmin import Incidence
 
 if TYPE_CHECKING:
     from moesim.network.topology import Topology
@@ -189,7 +190,7 @@ class FlowNetwork:
             optionally ``flow_router()``).
         efficiency: achieved / nominal link bandwidth, in (0, 1].
         per_message_latency_s: software cost per batch (launch, handshake), s.
-        rtol, window_frac: completion coalescing of ``maxmin.simulate_batch``.
+        rtol, window_frac: completion coalescing of ``batch.simulate_batch``.
         max_paths: ECMP paths enumerated per pair by ``GraphRouter``.
         ecmp: ``GraphRouter``'s use of equal-cost paths: ``split`` evenly over them, or ``hash``
             (one path per pair, a fixed function of (src, dst), as per-flow ECMP hashing does).

@@ -233,7 +233,10 @@ class FatTreeRouter:
         src, dst = np.asarray(src, np.int32), np.asarray(dst, np.int32)
         G, g = t.n_gpus, t.gpus_per_node
         moving = src != dst
-        rs, rd = src % g, dst % g
+        if g & (g - 1):
+            rs, rd = src % g, dst % g
+        else:  # a power of two: the same remainders by a mask
+            rs, rd = src & (g - 1), dst & (g - 1)
         other = (src - rs) != (dst - rd)  # different hosts
         pxn = other & (rs != rd) if t.pxn else np.zeros_like(other)
         via = src + (rd - rs) * pxn  # the GPU whose NIC carries the flow
@@ -251,8 +254,14 @@ class FatTreeRouter:
             hops += 2 * cross_pod
         links = np.empty((len(cols), src.shape[0]), dtype=np.int32)
         for c, (link, ok) in enumerate(cols):
-            links[c] = np.where(ok, link, L)
-        latency = nvl * t.nvlink_latency_s + 2 * other * t.nic_latency_s + hops * t.hop_latency_s
+            links[c] = link
+            np.copyto(links[c], L, where=~ok)
+        # latency by kind of path (nvl, other, hops): a table of the same sums, then one gather
+        kind = nvl.view(np.uint8) + 2 * other.view(np.uint8) + 4 * hops.astype(np.uint8)
+        n_nvl, n_other, n_hops = np.arange(2)[:, None, None], np.arange(2)[None, :, None], np.arange(5)[None, None, :]
+        table = (n_nvl.astype(bool) * t.nvlink_latency_s + 2 * n_other.astype(bool) * t.nic_latency_s
+                 + n_hops * t.hop_latency_s)
+        latency = np.take(table.transpose(2, 1, 0).ravel(), kind)
         return Routes(Incidence(links, None, L), latency)
 
     def edges_of(self, link: int) -> list[tuple[str, str]]:

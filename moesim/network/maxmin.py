@@ -1,4 +1,4 @@
-"""Max-min fair bandwidth sharing by progressive filling, and the completion times of a batch.
+"""Max-min fair bandwidth sharing by progressive filling.
 
 **Model.** ``L`` directed links with capacities ``c [L]`` bytes/s and ``F`` flows; flow ``f``
 loads link ``l`` with ``w_fl · r_f`` bytes/s at rate ``r_f``. A flow on one path has weight 1 on
@@ -20,18 +20,7 @@ link → flows index is built and a round also freezes, in share order, every fu
 whose flows froze earlier in the round, at its own share (freezing flows below a link's share only
 raises it, so that link would saturate next anyway): hundreds of textbook rounds become a few.
 
-**Completions** (``simulate_batch``). Flows of given sizes start together; rates are re-solved as
-flows finish, coalesced into windows: the flows finishing by ``(t + t_min)(1 + rtol)`` or by
-``t + t_min + window_frac · LB`` leave together (``t_min``: earliest finish at the current rates;
-``LB``: max link bytes / capacity, a lower bound of the makespan). Finish times are exact at the
-rates in force; the window's flows stop loading links at the midpoint of its first and last finish
-(the early ones hold their share a little long, the late ones free it a little early: the errors
-largely cancel, but the schedule is not strictly feasible and a coarse window can even end below
-``LB``). ``window_frac = rtol = 0`` is the exact loop; otherwise there are at most about
-``2 · makespan / (window_frac · LB)`` events. Against the exact loop on 64- and 128-GPU fat-trees
-(per-destination lognormal, Zipf, i.i.d. exponential all-to-alls) the makespan is within 0.6 % at
-the default ``window_frac = 1e-2`` (81–109 events vs 4,032–16,246), 1.1 % at 3e-2, 3.7 % at 0.1;
-holding each window's flows to its last finish instead (always feasible) errs +0.7–1.4 % at 1e-2.
+Completion times of a batch of flows (``simulate_batch``, ``BatchTimes``) are in ``batch``.
 """
 
 from __future__ import annotations
@@ -42,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchTimes", "Incidence", "as_incidence", "simulate_batch", "solve_maxmin", "solve_maxmin_few"]
+__all__ = ["Incidence", "as_incidence", "solve_maxmin", "solve_maxmin_few"]
 
 SHARE_RTOL = 1e-12
 """Links whose fair share is within this relative distance of the round minimum saturate together."""
@@ -100,7 +89,10 @@ class Incidence:
 
 
 def _load(links: np.ndarray, weights: np.ndarray | None, x: np.ndarray | None, n_links: int) -> np.ndarray:
-    """``[L + 1]`` Σ over slots of ``bincount(links[k], weights[k] · x)`` (None: ones)."""
+    """``[L + 1]`` Σ over slots of ``bincount(links[k], weights[k] · x)`` (None: ones; ``weights
+    [1, F]``: one weight per flow, on every slot)."""
+    if weights is not None and weights.shape[0] != links.shape[0]:
+        weights = np.broadcast_to(weights, links.shape)
     if links.size < 1 << 16:  # few entries: one bincount over all slots
         w = None if x is None else np.broadcast_to(x, links.shape)
         w = w if weights is None else (weights if w is None else weights * w)
@@ -228,17 +220,21 @@ def _flows_on(csc: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray
 
 
 class _Filling:
-    """One progressive filling of the flows ``links [K, F]`` (padded with L); ``counts`` (``[L + 1]``
-    entries per link), when given, also promises that every flow names a link. The flows of the saturated links are found by scanning the open
-    flows' slots (bulk rounds; open flows kept compacted) until a round's saturated links hold few
-    open entries compared with all open ones; then a link → flows index is built and used."""
+    """One progressive filling of the flows ``links [K, F]`` (padded with L; ``weights [K, F]``,
+    ``[1, F]`` for one weight per flow, or None); ``counts`` (``[L + 1]`` entries per link), when
+    given, also promises that every flow names a link, and ``wsum`` (``[L + 1]`` weight per link,
+    with ``counts`` only) saves summing the weights. The flows of the saturated links are found by
+    scanning the open flows' slots (bulk rounds; open flows kept compacted) until a round's
+    saturated links hold few open entries compared with all open ones; then a link → flows index
+    is built and used."""
 
     def __init__(self, cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
-                 demand: np.ndarray | None, counts: np.ndarray | None) -> None:
+                 demand: np.ndarray | None, counts: np.ndarray | None, wsum: np.ndarray | None = None) -> None:
         n_links, n_flows = cap.shape[0], links.shape[1]
         slots = [k for k in range(links.shape[0]) if np.any(links[k] < n_links)]  # drop empty slots
         if len(slots) < links.shape[0]:
-            links, weights = links[slots], None if weights is None else weights[slots]
+            links = links[slots]
+            weights = weights if weights is None or weights.shape[0] == 1 else weights[slots]
         self.cap, self.n_links, self.demand = cap, n_links, demand
         self.links0, self.weights0 = links, weights  # indexed by flow id
         self.rate, self.frozen = np.empty(n_flows), np.zeros(n_flows, dtype=bool)
@@ -255,7 +251,10 @@ class _Filling:
                 weights = None if weights is None else np.take(weights, self.rows, axis=1)
         self.links, self.weights = links, weights
         self.cnt = _load(links, None, None, n_links).astype(np.int64) if counts is None else counts.copy()
-        self.wsum = self.cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
+        if wsum is not None and counts is not None:
+            self.wsum = wsum.copy()
+        else:
+            self.wsum = self.cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
         self.used = np.zeros(n_links + 1)
         self.dq = np.zeros(0, np.int64) if demand is None else np.argsort(demand, kind="stable")
         self.dpos, self.n_open = 0, self.rows.size
@@ -375,70 +374,3 @@ class _Filling:
         self.cnt -= dc.astype(np.int64)
         self.wsum -= dc if dw is None else _load(dl, dw, None, self.n_links)
         self.used += _load(dl, dw, self.rate[done], self.n_links)
-
-
-@dataclass(frozen=True)
-class BatchTimes:
-    """Completion of a batch of flows that start together.
-
-    Attributes:
-        finish_s: ``[F]`` seconds from the start until each flow's last byte leaves (0 for a flow of
-            0 bytes or on no link; ``inf`` if a failed link starves it).
-        makespan_s: ``max(finish_s)`` (0 for no flows).
-        n_events: rate re-solves.
-        link_bytes: ``[L]`` bytes each link carries (Σ_f w_fl · bytes_f).
-        lower_bound_s: ``max_l link_bytes / capacity``, a lower bound of the makespan.
-    """
-
-    finish_s: np.ndarray
-    makespan_s: float
-    n_events: int
-    link_bytes: np.ndarray
-    lower_bound_s: float
-
-
-def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarray, *,
-                   rtol: float = 1e-3, window_frac: float = 1e-2) -> BatchTimes:
-    """Finish times of flows of ``nbytes [F]`` bytes that start together (event loop over coalesced
-    completions, re-solving max-min rates each event; see the module doc for ``rtol`` and
-    ``window_frac``)."""
-    cap = _capacity(link_capacity)
-    inc = as_incidence(flow_links, cap.shape[0])
-    rem = np.array(nbytes, dtype=np.float64)
-    if rem.shape != (inc.n_flows,) or np.any(np.isnan(rem)) or np.any(rem < 0):
-        raise ValueError(f"nbytes must be {inc.n_flows} values >= 0")
-    if rtol < 0 or window_frac < 0:
-        raise ValueError("rtol and window_frac must be >= 0")
-    link_bytes = inc.link_load(rem)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(link_bytes > 0, link_bytes / cap, 0.0)
-    lower = float(ratio.max()) if ratio.size else 0.0
-    finish = np.zeros(inc.n_flows)
-    real = np.ones(cap.shape[0] + 1, dtype=bool)
-    real[-1] = False
-    act = np.flatnonzero((rem > 0) & _touches(real, inc.links))  # a flow on no link takes 0 s
-    links = np.take(inc.links, act, axis=1)
-    weights = None if inc.weights is None else np.take(inc.weights, act, axis=1)
-    rem = rem[act]
-    t, events, floor = 0.0, 0, window_frac * lower
-    counts = _load(links, None, None, cap.shape[0]).astype(np.int64)
-    while act.size:
-        r = _Filling(cap, links, weights, None, counts).run()
-        events += 1
-        with np.errstate(divide="ignore"):
-            tf = rem / r
-        t_min = float(tf.min())
-        if t_min == np.inf:
-            finish[act] = np.inf
-            break
-        done = tf <= max(t_min + rtol * (t + t_min), t_min + floor)
-        dt = 0.5 * (t_min + float(tf[done].max()))
-        finish[act[done]] = t + tf[done]
-        t += dt
-        run = np.flatnonzero(~done)
-        if run.size:
-            counts -= _load(np.take(links, np.flatnonzero(done), axis=1), None, None, cap.shape[0]).astype(np.int64)
-        act, rem, links = act[run], rem[run] - r[run] * dt, np.take(links, run, axis=1)
-        weights = None if weights is None else np.take(weights, run, axis=1)
-    makespan = float(finish.max()) if finish.size else 0.0
-    return BatchTimes(finish, makespan, events, link_bytes, lower)

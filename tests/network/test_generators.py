@@ -60,3 +60,18 @@ def test_flow_router_takes_routing_options() -> None:
     pb = np.full((32, 32), 1e6)
     assert FlowNetwork(tree).transfer_time_s(pb, tuple(range(32))) == pytest.approx(
         FlowNetwork(topo, max_paths=4096).transfer_time_s(pb, tuple(range(32))), rel=1e-9)
+
+
+@pytest.mark.parametrize("gpus_per_node, pxn, nic_vertices", [(4, True, False), (6, True, True), (6, False, False)])
+def test_a_routes_latency_is_the_sum_over_its_links_edges(gpus_per_node: int, pxn: bool, nic_vertices: bool) -> None:
+    tree = fat_tree(16 * gpus_per_node, gpus_per_node=gpus_per_node, leaf_radix=8, pxn=pxn, nic_vertices=nic_vertices,
+                    nic_latency_s=1.5e-6, hop_latency_s=0.5e-6)
+    router, g = tree.flow_router(), tree.graph
+    assert g is not None
+    n = tree.n_gpus
+    routes = router.route(np.repeat(np.arange(n), n), np.tile(np.arange(n), n))
+    links = routes.incidence.links
+    edge_lat = np.array([g.edges[router.edges_of(int(link))[0]]["latency_s"] for link in range(router.capacity_bytes_per_s.size)])
+    expect = np.where(links < edge_lat.size, np.append(edge_lat, 0.0)[links], 0.0).sum(axis=0)
+    assert routes.latency_s == pytest.approx(expect, rel=1e-12, abs=1e-18)
+    assert (links < edge_lat.size).any(axis=0).sum() == n * (n - 1)  # every pair but src == dst moves

@@ -1,4 +1,5 @@
-"""Max-min fair sharing: closed forms, the max-min certificate, and the completion event loop."""
+"""Max-min fair sharing (``maxmin``): closed forms, the max-min certificate; and the completion event
+loop (``batch``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.network import maxmin
-from moesim.network.maxmin import Incidence, as_incidence, simulate_batch, solve_maxmin
+from moesim.network.batch import simulate_batch
+from moesim.network.maxmin import Incidence, as_incidence, solve_maxmin
 
 REL = 1e-9
 
@@ -174,3 +176,21 @@ def test_as_incidence_passes_an_incidence_through() -> None:
     assert as_incidence(inc, 2) is inc
     assert inc.links.shape == (2, 2) and inc.links[1, 1] == 2  # slot-major, unused slot = L
     assert inc.dense() == pytest.approx(np.array([[1.0, 1.0], [0.0, 1.0]]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(instances(), st.data())
+def test_one_weight_per_flow_and_given_sums_fill_alike(inst: tuple[np.ndarray, Incidence, np.ndarray | None],
+                                                      data: st.DataObject) -> None:
+    # the grouped completion loop passes weights [1, F] (a group's members on every slot) and the
+    # weight per link it keeps itself: the same rates, to the bit, as the full [K, F] weights
+    cap, inc, _ = inst
+    real = (inc.links < inc.n_links).any(axis=0)
+    links = inc.links[:, real]
+    m = np.array(data.draw(st.lists(st.integers(1, 9), min_size=links.shape[1], max_size=links.shape[1])), float)
+    counts = maxmin._load(links, None, None, inc.n_links).astype(np.int64)
+    full = maxmin._Filling(cap, links, np.broadcast_to(m, links.shape), None, counts).run()
+    wsum = maxmin._load(links, m[None, :], None, inc.n_links)
+    assert np.array_equal(maxmin._Filling(cap, links, m[None, :], None, counts, wsum).run(), full)
+    assert np.array_equal(maxmin._Filling(cap, links, m[None, :], None, None).run(), full)
+    assert full == pytest.approx(_reference(cap, np.diag(m) @ Incidence(links, None, inc.n_links).dense(), None), rel=1e-9)
