@@ -17,3 +17,18 @@ def azure_conv() -> Path:
     if not path.is_file():
         pytest.skip(f"trace not found at {path}; see traces/README.md for the download")
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():  # type: ignore[no-untyped-def]
+    """``load_benchmark(name)``: the module ``benchmarks/<name>.py`` (scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):  # type: ignore[no-untyped-def]
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -3,30 +3,20 @@ a GPU, on the stored measurements, and the current pass model stays within its r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "h200_validation.py"
 DATA = ROOT / "calibration" / "h200-validation"
-
-
-def _bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("h200_validation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.skipif(not DATA.is_dir() or not (ROOT / "calibration" / "h200-sxm.json").is_file(),
                     reason="the H200 profile and validation rows are not in this checkout")
-def test_every_stored_pass_is_re_predicted_and_the_errors_stay_bounded(tmp_path: Path,
+def test_every_stored_pass_is_re_predicted_and_the_errors_stay_bounded(load_benchmark, tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture) -> None:
-    bench = _bench()
+    bench = load_benchmark("h200_validation")
     md = tmp_path / "h200.md"
     assert bench.main(["--markdown", str(md)]) == 0
     runs = bench.load_runs(DATA)

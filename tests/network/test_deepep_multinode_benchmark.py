@@ -3,22 +3,13 @@ test routing, and moesim's out-of-sample predictions stay within their recorded 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "deepep_multinode.py"
-
 
 @pytest.fixture(scope="module")
-def bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("deepep_multinode", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):  # type: ignore[no-untyped-def]
+    return load_benchmark("deepep_multinode")
 
 
 def test_routing_keeps_every_token_inside_its_top_hosts(bench) -> None:  # type: ignore[no-untyped-def]
