@@ -157,7 +157,8 @@ class MoeRuntime:
             cost = moe_layers_cost(gemm, self.shape, self.cost, self.coll)
             rank = gemm.sum(axis=-1)
             zero = np.zeros(s)
-            return MoePool(counts, rank, cost.time_s, _imbalance(rank), _imbalance(rank), zero.astype(np.int64),
+            imbalance = _imbalance(rank)  # nothing balanced: the routed imbalance is the same
+            return MoePool(counts, rank, cost.time_s, imbalance, imbalance, zero.astype(np.int64),
                            zero, cost.comm_s.sum(axis=-1), cost.peak_act_bytes,
                            cost.peak_act_bytes.max(axis=-1) > self.act_limit_bytes)
         decisions = [self.balancer.balance(counts[i], self.placement) for i in range(s)]
@@ -196,8 +197,8 @@ class MoeStats:
         self.passes = 0
         self._shape = (n_layers, n_experts, n_ranks)
         # id(pool) -> (pool, uses [S], window uses [S], rank load per draw [S, P] summed over layers,
-        #              largest per-GPU activation per draw [S], any draw over HBM)
-        self._uses: dict[int, tuple[MoePool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]] = {}
+        #              largest per-GPU activation per draw [S], its maximum, any draw over HBM)
+        self._uses: dict[int, tuple[MoePool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, bool]] = {}
         self._folded = {"counts": 0, "rank_load": 0, "dropped": 0, "moved_bytes": 0.0}
         self._folded_window: np.ndarray | int = 0
 
@@ -212,16 +213,17 @@ class MoeStats:
         entry = self._uses.get(id(pool))
         if entry is None:
             n = pool.time_s.size
-            entry = (pool, np.zeros(n, np.int64), np.zeros(n, np.int64), pool.rank_load.sum(axis=1),
-                     pool.peak_act_bytes.max(axis=-1) if pool.peak_act_bytes.size else np.zeros(n),
-                     bool(pool.oom.any()))
+            peak = pool.peak_act_bytes.max(axis=-1) if pool.peak_act_bytes.size else np.zeros(n)
+            entry = (pool, np.zeros(n, np.int64), np.zeros(n, np.int64), pool.rank_load.sum(axis=1), peak,
+                     float(peak.max()), bool(pool.oom.any()))
             if not pool.transient:
                 self._uses[id(pool)] = entry
-        _, uses, window, rank_per_draw, peak_per_draw, any_oom = entry
+        _, uses, window, rank_per_draw, peak_per_draw, pool_peak, any_oom = entry
+        one = int(idx[0]) if idx.size == 1 else -1
         if not pool.transient:
-            if idx.size == 1:
-                uses[idx[0]] += 1
-                window[idx[0]] += 1
+            if one >= 0:
+                uses[one] += 1
+                window[one] += 1
             else:
                 counts = np.bincount(idx, minlength=uses.size)
                 uses += counts
@@ -230,8 +232,8 @@ class MoeStats:
         if last >= self.rank_bins.shape[0]:
             grow = np.zeros((last + 65 - self.rank_bins.shape[0], self.rank_bins.shape[1]), np.int64)
             self.rank_bins = np.concatenate([self.rank_bins, grow])
-        if idx.size == 1:
-            self.rank_bins[last] += rank_per_draw[idx[0]]
+        if one >= 0:
+            self.rank_bins[last] += rank_per_draw[one]
         else:
             np.add.at(self.rank_bins, (start_s // self.bin_s).astype(np.int64), rank_per_draw[idx])
         if any_oom:
@@ -240,17 +242,27 @@ class MoeStats:
                 self.oom_passes += int(oom.sum())
                 if self.first_oom_s is None:
                     self.first_oom_s = float(start_s[np.argmax(oom)])
-        peak = float(peak_per_draw[idx[0]]) if idx.size == 1 else float(peak_per_draw[idx].max())
-        if peak > self.peak_act_bytes:
-            self.peak_act_bytes = peak
+        if pool_peak > self.peak_act_bytes:  # else no draw of this pool can raise the peak
+            peak = float(peak_per_draw[one]) if one >= 0 else float(peak_per_draw[idx].max())
+            if peak > self.peak_act_bytes:
+                self.peak_act_bytes = peak
         self.passes += int(idx.size)
         return pool.imbalance[idx], pool.comm_s[idx]
 
     def _total(self, field: str, shape: tuple[int, ...], folded: np.ndarray | float, *,
                window: bool = False) -> np.ndarray:
-        out = np.zeros(shape, np.int64 if field != "moved_bytes" else np.float64) + folded
+        """``folded`` plus, over the kept pools, their draws' ``field`` weighted by the draws' uses."""
+        if field == "moved_bytes":  # float: summed as always (tensordot, pool by pool)
+            out = np.zeros(shape, np.float64) + folded
+            for pool, uses, window_uses, *_ in self._uses.values():
+                out = out + np.tensordot(window_uses if window else uses, getattr(pool, field), axes=1)
+            return out
+        out = np.zeros(shape, np.int64)  # integers: exact in any order, a matmul per pool
+        out += folded
+        flat = out.reshape(-1)
         for pool, uses, window_uses, *_ in self._uses.values():
-            out = out + np.tensordot(window_uses if window else uses, getattr(pool, field), axes=1)
+            w = window_uses if window else uses
+            flat += w @ getattr(pool, field).reshape(w.size, -1)
         return out
 
     @property

@@ -44,13 +44,14 @@ def moe_outcome(replicas: list[Replica], busy_s: float) -> MoeOutcome:
         imb = r.passes.column("imbalance")
         moe_passes = tokens > 0
         w, v = tokens[moe_passes], imb[moe_passes]
-        routed = r.pcm.moe.placement.imbalance(st.expert_load.astype(np.float64)).mean() if r.pcm.moe else 1.0
+        expert_load = st.expert_load
+        routed = r.pcm.moe.placement.imbalance(expert_load.astype(np.float64)).mean() if r.pcm.moe else 1.0
         rows.append({"replica": r.index, "imbalance_mean": float(np.average(v, weights=w)),
                      "imbalance_p99": float(np.percentile(v, 99)), "imbalance_routed_mean": float(routed)})
         weights += float(w.sum())
         imbalance_sum += float((v * w).sum())
         routed_sum += float(routed) * float(w.sum())
-        out.expert_load.append(st.expert_load.copy())
+        out.expert_load.append(expert_load)
         out.rank_load.append(st.rank_load.copy())
         out.placements.append(np.asarray(r.pcm.moe.placement.phy2log))
         nb, p = st.rank_bins.shape

@@ -18,6 +18,7 @@ Costs that depend only on a token count are cached; the routed-expert part is ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,10 +28,10 @@ from moesim.hardware.layer_ops import (
     GROUPED_EXPERT_KERNELS, Kernels, attention_kernels, dense_ffn_kernels, head_kernels, moe_kernels)
 from moesim.network.collectives import CollectiveCost
 from moesim.spec.model import ModelShape
-from moesim.engine.moe_pool import MoePool, MoeRuntime
+from moesim.engine.moe_pool import MoeRuntime
 from moesim.engine.traffic import capture_link_bytes
 
-__all__ = ["GroupBatch", "PassCostModel"]
+__all__ = ["GroupBatch", "PassCostModel", "PassCosts"]
 
 
 @dataclass
@@ -39,20 +40,34 @@ class GroupBatch:
 
     decode_ctx: ``[n_decode]`` context tokens already cached per decoding sequence;
     prefill_chunk / prefill_prior: ``[n_prefill]`` new prompt tokens this pass and tokens
-    already cached before it.
+    already cached before it. ``tokens`` and ``seqs`` are derived from them (set on creation).
     """
 
     decode_ctx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     prefill_chunk: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     prefill_prior: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tokens: int = field(init=False)
+    """Tokens computed: one per decoding sequence plus the prompt chunks."""
+    seqs: int = field(init=False)
+    """Sequences: decoding ones plus prompt chunks."""
 
-    @property
-    def tokens(self) -> int:
-        return int(self.decode_ctx.size + self.prefill_chunk.sum())
+    def __post_init__(self) -> None:
+        n, c = self.decode_ctx.size, self.prefill_chunk
+        self.tokens = int(n + c.sum()) if c.size else int(n)
+        self.seqs = int(n + c.size)
 
-    @property
-    def seqs(self) -> int:
-        return int(self.decode_ctx.size + self.prefill_chunk.size)
+
+class PassCosts(NamedTuple):
+    """Costs of ``steps`` consecutive passes of one batch (``PassCostModel.costs``).
+
+    duration_s ``[steps]``; comm_s ``[steps]``: TP all-reduces of the slowest group plus the MoE
+    dispatch / combine / weight copies; link_bytes ``[n_links]`` per pass, or None without a flow
+    network.
+    """
+
+    duration_s: np.ndarray
+    comm_s: np.ndarray
+    link_bytes: np.ndarray | None
 
 
 class PassCostModel:
@@ -77,7 +92,6 @@ class PassCostModel:
         self._static: dict[tuple[int, int], tuple[float, float, np.ndarray | None]] = {}
         self.link_map: np.ndarray | None = None
         """Index of each current network link in the run's first network (None: identical)."""
-        self._no_moe: MoePool | None = None
 
     # ------------------------------------------------------------------ token-count parts
     def use_collectives(self, coll: CollectiveCost, link_map: np.ndarray | None) -> None:
@@ -141,35 +155,6 @@ class PassCostModel:
             total += m.n_moe_layers * ks["moe"].seconds(c)
         return float(total + comm), float(comm)
 
-    def traffic(self, groups: list[GroupBatch], sample_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(comm_s [steps], link_bytes [n_links] per pass or None)`` of the passes ``pass_times``
-        costed: TP all-reduces of the slowest group plus the MoE dispatch / combine / weight copies."""
-        tp_comm, links, tokens = 0.0, None, 0
-        for g in groups:
-            if g.seqs == 0:
-                continue
-            tokens += g.tokens
-            _, comm, lb = self._static_entry(g.tokens, g.seqs, g.decode_ctx.size)
-            tp_comm = max(tp_comm, comm)
-            links = lb if links is None else (links + lb if lb is not None else links)
-        moe = np.zeros(sample_idx.size)
-        if self.moe is not None and tokens > 0:
-            pool = self.moe.pool_of_pass(tokens)
-            moe = pool.comm_s[sample_idx]
-            if pool.link_bytes is not None:
-                links = pool.link_bytes if links is None else links + pool.link_bytes
-        return tp_comm + moe, links
-
-    def moe_pool(self, tokens: int) -> MoePool:
-        """Routing draws and routed-expert costs for a pass of ``tokens`` tokens (cached)."""
-        if self.moe is not None and tokens > 0:
-            return self.moe.pool(tokens)
-        if self._no_moe is None:
-            z, n = np.zeros(1), np.zeros((1, 0, 0), np.int64)
-            self._no_moe = MoePool(n, n, z, np.ones(1), np.ones(1), np.zeros(1, np.int64), z, z,
-                                   np.zeros((1, 0)), np.zeros(1, bool), None)
-        return self._no_moe
-
     # ------------------------------------------------------------------ attention core
     def _decode_core_s(self, ctx: np.ndarray, steps: int) -> np.ndarray:
         """``[steps]`` decode attention of a group whose sequences hold ``ctx`` tokens at step 0."""
@@ -208,25 +193,38 @@ class PassCostModel:
 
     # ------------------------------------------------------------------ whole pass
     def pass_times(self, groups: list[GroupBatch], steps: int, sample_idx: np.ndarray) -> np.ndarray:
-        """``[steps]`` seconds of consecutive passes.
+        """``[steps]`` seconds of consecutive passes (``costs(...).duration_s``)."""
+        return self.costs(groups, steps, sample_idx).duration_s
+
+    def costs(self, groups: list[GroupBatch], steps: int, sample_idx: np.ndarray) -> PassCosts:
+        """Time and traffic of ``steps`` consecutive passes, each group's caches looked up once.
 
         With ``steps > 1`` the groups must be decode-only: step j is the same batch with every
         context j tokens longer. ``sample_idx [steps]`` picks the routing sample of each pass.
         Element j equals what ``steps=1`` returns for the batch advanced by j (same arithmetic).
         """
-        tokens = 0
-        side = np.zeros(steps)
-        first = True
+        tokens, tp_comm, links = 0, 0.0, None
+        side: np.ndarray | None = None
         for g in groups:
-            if g.seqs == 0:
+            seqs = g.seqs
+            if seqs == 0:
                 continue
             t_g = g.tokens
             tokens += t_g
-            cost = self.group_static_s(t_g, g.seqs, g.decode_ctx.size) + self._decode_core_s(g.decode_ctx, steps)
+            static, comm, lb = self._static_entry(t_g, seqs, g.decode_ctx.size)
+            cost = static + self._decode_core_s(g.decode_ctx, steps)
             if g.prefill_chunk.size:
                 cost = cost + self._prefill_core_s(g.prefill_chunk, g.prefill_prior)
-            side = cost if first else np.maximum(side, cost)
-            first = False
-        pool = self.moe_pool(tokens)
-        moe_s = pool.time_s[sample_idx] if self.moe is not None and tokens > 0 else 0.0
-        return self.cost.host_overhead_s + side + moe_s
+            side = cost if side is None else np.maximum(side, cost)
+            tp_comm = max(tp_comm, comm)
+            if lb is not None:
+                links = lb if links is None else links + lb
+        if side is None:
+            side = np.zeros(steps)
+        if self.moe is None or tokens == 0:
+            return PassCosts(self.cost.host_overhead_s + side, tp_comm + np.zeros(sample_idx.size), links)
+        pool = self.moe.pool(tokens)
+        if pool.link_bytes is not None:
+            links = pool.link_bytes if links is None else links + pool.link_bytes
+        return PassCosts(self.cost.host_overhead_s + side + pool.time_s[sample_idx],
+                         tp_comm + pool.comm_s[sample_idx], links)

@@ -10,6 +10,7 @@ then stops after the pass in flight — exactly where a stepped replica would ne
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from moesim.engine.moe_pool import MoeStats
-from moesim.engine.pass_time import GroupBatch
+from moesim.engine.pass_time import GroupBatch, PassCosts
 from moesim.engine.traffic import LinkStats, SharedLinks
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ __all__ = ["Replica"]
 
 MAX_RUN_PASSES = 1024
 """Longest fast-forwarded run; longer runs are chained (same result, bounded array sizes)."""
+
+_EMPTY = np.zeros(0, np.int64)
+_EMPTY.flags.writeable = False
 
 
 class Seq:
@@ -59,6 +63,9 @@ class Plan:
     prefill: list[tuple[Seq, int]] = field(default_factory=list)
     preempted: bool = False
     skipped: bool = False
+    blocks: np.ndarray | None = None
+    """``[passes, n_decode]`` KV blocks each decoding sequence needs in each pass of a run
+    (set by ``Replica._run_length`` for runs it checked)."""
 
 
 class Replica:
@@ -84,6 +91,9 @@ class Replica:
         self.req, self.log, self.passes, self.queue = requests, log, passes, queue
         self.dp = dp_groups
         self.block = cfg.kv_block_tokens
+        self._ceil_offsets = np.arange(MAX_RUN_PASSES) + self.block
+        """``j + B`` for pass j of a run: a sequence of ``ctx`` tokens holds ``(ctx + j + B) // B``
+        = ceil((ctx + j + 1) / B) blocks during it."""
         self.capacity = kv_blocks_per_group
         self.free = [kv_blocks_per_group] * dp_groups
         self.max_context = max_context
@@ -247,8 +257,8 @@ class Replica:
         for s, c in plan.prefill:
             groups[s.group][1].append(c)
             groups[s.group][2].append(s.ctx)
-        return [GroupBatch(np.array(d, np.int64), np.array(c, np.int64), np.array(p, np.int64))
-                for d, c, p in groups]
+        return [GroupBatch(np.array(d, np.int64) if d else _EMPTY, np.array(c, np.int64) if c else _EMPTY,
+                           np.array(p, np.int64) if p else _EMPTY) for d, c, p in groups]
 
     def _run_length(self, plan: Plan) -> int:
         """Passes the current decode-only batch can run unchanged (≥ 1)."""
@@ -257,19 +267,19 @@ class Replica:
                 or len(plan.decode) != len(self.running)
                 or (self.pcm.moe is not None and not self.pcm.moe.stationary)):
             return 1
-        remaining = min(s.output - int(self.log.generated[s.rid]) for s in plan.decode)
-        k = min(remaining, MAX_RUN_PASSES)
+        gen = self.log.generated
+        k = min(min(s.output - gen.item(s.rid) for s in plan.decode), MAX_RUN_PASSES)
+        # blocks held during pass j, non-decreasing in j; pass 0 is already reserved
+        ctx = np.array([s.ctx for s in plan.decode], np.int64)
+        plan.blocks = need = (ctx[None, :] + self._ceil_offsets[:k, None]) // self.block
         for g in range(self.dp):
-            ctx = np.array([s.ctx for s in plan.decode if s.group == g], np.int64)
-            if ctx.size == 0:
+            cols = [i for i, s in enumerate(plan.decode) if s.group == g]
+            if not cols:
                 continue
-            held = sum(s.blocks for s in plan.decode if s.group == g)
-            # blocks held during pass j: sum ceil((ctx + j + 1) / B); pass 0 is already reserved
-            steps = np.arange(k)
-            need = -(-(ctx[None, :] + steps[:, None] + 1) // self.block)
-            over = np.nonzero(need.sum(axis=1) > held + self.free[g])[0]
-            if over.size:
-                k = min(k, int(over[0]))
+            held = sum(plan.decode[i].blocks for i in cols)
+            per_pass = need.sum(axis=1) if len(cols) == ctx.size else need[:, cols].sum(axis=1)
+            # the first pass whose blocks exceed what the group holds and has free
+            k = min(k, int(np.searchsorted(per_pass, held + self.free[g], side="right")))
         return max(k, 1)
 
     def serve(self):  # noqa: ANN201 - SimPy process generator
@@ -299,31 +309,31 @@ class Replica:
             groups = self._groups(plan)
             first = self.passes.passes
             idx = self.sampler.indices(first, k)
-            durs = self.pcm.pass_times(groups, k, idx)
-            traffic = self.pcm.traffic(groups, idx)     # read once: contention and commit both use it
+            costs = self.pcm.costs(groups, k, idx)
+            durs = costs.duration_s
             if self.shared is not None:
-                durs = self._contend(traffic, durs)
+                durs = self._contend(costs, durs)
             ends = np.cumsum(np.concatenate(([self.clock], durs)))[1:]
             if k > 1:
                 k = self._cap_at_boundaries(ends, durs, k)
             self.events += 1
             if k == 1:
-                yield env.timeout(max(0.0, ends[0] - env.now))
+                yield env.timeout(max(0.0, float(ends[0]) - env.now))
             else:
                 self.wake = env.event()
-                yield env.any_of([env.timeout(max(0.0, ends[k - 1] - env.now)), self.wake])
+                yield env.any_of([env.timeout(max(0.0, float(ends[k - 1]) - env.now)), self.wake])
                 self.wake = None
                 if env.now < ends[k - 1]:
                     k = int(np.searchsorted(ends, env.now, side="left")) + 1
                     self.events += 1
-                    yield env.timeout(max(0.0, ends[k - 1] - env.now))
+                    yield env.timeout(max(0.0, float(ends[k - 1]) - env.now))
             self.clock = float(ends[k - 1])
-            self._commit(plan, k, durs[:k], ends[:k], idx[:k], traffic)
+            self._commit(plan, k, durs[:k], ends[:k], idx[:k], costs)
 
-    def _contend(self, traffic: tuple[np.ndarray, np.ndarray | None], durs: np.ndarray) -> np.ndarray:
+    def _contend(self, costs: PassCosts, durs: np.ndarray) -> np.ndarray:
         """Stretch this pass's communication by the traffic other replicas have in flight on shared
         links, and register this pass's own traffic until it commits."""
-        comm, links = traffic
+        comm, links = costs.comm_s, costs.link_bytes
         if links is None or not links.any():
             return durs
         self._stretch = self.shared.slowdown(self.index, links)
@@ -336,49 +346,45 @@ class Replica:
         due or after a network fault."""
         if self.horizon is not None:
             k = max(1, int(np.searchsorted(ends[:k], self.horizon, side="right")))
-        starts = ends[:k] - durs[:k]
         if self.replanner is not None:
-            k = max(1, int(np.searchsorted(starts[:k], self.replanner.next_due_s, side="left")))
+            starts = ends[:k] - durs[:k]
+            k = max(1, int(np.searchsorted(starts, self.replanner.next_due_s, side="left")))
         upcoming = [t for t in self.fault_times if t > self.clock]
         if upcoming:  # a network change: passes that start after it are costed on the new network
-            k = max(1, int(np.searchsorted(starts[:k], upcoming[0], side="left")))
+            starts = ends[:k] - durs[:k]
+            k = max(1, int(np.searchsorted(starts, upcoming[0], side="left")))
         return k
 
     def _commit(self, plan: Plan, k: int, durs: np.ndarray, ends: np.ndarray, idx: np.ndarray,
-                traffic: tuple[np.ndarray, np.ndarray | None]) -> None:
+                costs: PassCosts) -> None:
         n_dec = len(plan.decode)
         pre_tokens = sum(c for _, c in plan.prefill)
         tokens = n_dec + pre_tokens
         kv0 = sum(self.capacity - f for f in self.free)
-        if k == 1:
-            kv = np.array([kv0])
-        else:
-            ctx = np.array([s.ctx for s in plan.decode], np.int64)
-            held = np.array([s.blocks for s in plan.decode], np.int64)
-            steps = np.arange(k)
-            grow = np.maximum(-(-(ctx[None, :] + steps[:, None] + 1) // self.block), held[None, :]) - held[None, :]
-            kv = kv0 + grow.sum(axis=1)
+        starts = ends - durs
         if self.moe_stats is not None and tokens > 0:
-            imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx, ends - durs)
+            imbalance, comm = self.moe_stats.record(self.pcm.moe.pool_of_pass(tokens), idx, starts)
         else:
             imbalance, comm = np.ones(k), np.zeros(k)
-        comm_s, links = traffic[0][:k], traffic[1]
+        comm_s, links = costs.comm_s[:k], costs.link_bytes
         if self.shared is not None:
             self.shared.end(self.index)
             comm_s, self._stretch = comm_s * self._stretch, 1.0
         if links is not None and self.links is not None:
             if self.pcm.link_map is not None:  # a faulted network: count on the first network's links
                 links = np.bincount(self.pcm.link_map, weights=links, minlength=self.links.total.size)
-            self.links.record(links, ends - durs)
+            self.links.record(links, starts)
         if k == 1:  # the common event: one row, no temporary arrays
-            self.passes.add_row((float(ends[0] - durs[0]), float(durs[0]), n_dec + len(plan.prefill), pre_tokens,
-                                 n_dec, float(kv[0]), tokens, float(idx[0]), float(imbalance[0]), float(comm[0]),
-                                 float(np.asarray(comm_s).reshape(-1)[0])))
-        else:
-            self.passes.add(start_s=ends - durs, duration_s=durs, batch_size=np.full(k, n_dec + len(plan.prefill)),
-                            prefill_tokens=np.full(k, pre_tokens), decode_tokens=np.full(k, n_dec),
-                            kv_blocks=kv, tokens=np.full(k, tokens), sample=idx, imbalance=imbalance,
-                            moe_comm_s=comm, comm_s=np.broadcast_to(comm_s, (k,)))
+            self.passes.add_row((float(starts[0]), float(durs[0]), n_dec + len(plan.prefill), pre_tokens,
+                                 n_dec, float(kv0), tokens, float(idx[0]), float(imbalance[0]), float(comm[0]),
+                                 float(comm_s[0])))
+        else:  # a decode-only run (see _run_length): batch size = decode tokens = tokens = n_dec
+            held = np.array([s.blocks for s in plan.decode], np.int64)
+            kv = kv0 + (np.maximum(plan.blocks[:k], held) - held).sum(axis=1)
+            n = np.full(k, float(n_dec))
+            self.passes.add(start_s=starts, duration_s=durs, batch_size=n, prefill_tokens=np.zeros(k),
+                            decode_tokens=n, kv_blocks=kv, tokens=n, sample=idx, imbalance=imbalance,
+                            moe_comm_s=comm, comm_s=comm_s)
         now = float(ends[-1])
         gen = self.log.generated
         for s in plan.decode:
@@ -393,7 +399,7 @@ class Replica:
             s.ctx += c
             if s.prefilled == s.prompt_total:
                 gen[s.rid] += 1
-                if np.isnan(self.log.first_token_s[s.rid]):
+                if math.isnan(self.log.first_token_s[s.rid]):
                     self.log.first_token_s[s.rid] = now
         done = [s for s in self.running if s.prefilled == s.prompt_total and gen[s.rid] >= s.output]
         for s in done:
