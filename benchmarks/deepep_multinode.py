@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     for (case, m, p, note), e in zip(table, err):
         print(f"| {case} | {m:.0f} | {p:.0f} | {e * 100:+.1f} | {note} |")
     print(f"\nmedian |error|: all {np.median(np.abs(err)) * 100:.1f} %, across hosts "
-          f"{np.median(np.abs(err[multi])) * 100:.1f} % ({int(multi.sum())} cases), max {np.abs(err).max() * 100:.1f} %")
+          f"{np.median(np.abs(err[multi])) * 100:.1f} % ({int(multi.sum())} cases), "
+          f"max {np.abs(err).max() * 100:.1f} %")
 
 
 if __name__ == "__main__":

@@ -254,6 +254,10 @@ def _out(x: np.ndarray) -> Seconds:
     return float(x) if x.ndim == 0 else x
 
 
+_Tier = tuple[np.ndarray | None, np.ndarray, np.ndarray]
+"""A direct all-to-all's peers of one tier: (mask [n, n] or None for all pairs, B_out [n], B_in [n])."""
+
+
 def _fastest(protocols: tuple[Protocol, ...], cost: Any, peer_bytes: ArrayLike | None = None) -> np.ndarray:
     """Elementwise minimum of ``cost(protocol)`` over the protocols; with ``peer_bytes`` (the
     largest message to one peer, all-to-all / p2p) only over those that carry that size."""
@@ -322,7 +326,7 @@ class SimpleCollectives:
         self.nvls = bool(nvls)
         self._ring_cache: dict[tuple[int, ...], tuple[float, float]] = {}
         self._a2a_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, float]] = {}
-        self._a2a_tier_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        self._a2a_tier_cache: dict[tuple[int, ...], tuple[list[_Tier], float]] = {}
         self._tree_cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
         self._rails: Rails | None = None
         self._cells: dict[tuple[tuple[int, ...], str], tuple[np.ndarray, ...]] = {}
@@ -365,19 +369,23 @@ class SimpleCollectives:
             hit = self._a2a_cache[group] = (b_out, b_in, lat)
         return hit
 
-    def _a2a_tiers(self, group: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """``([2, n] B_out, [2, n] B_in bytes/s, [n, n] same-host mask, latency s)`` of a direct
-        all-to-all over ``group``: row 0 towards / from the same host's members, row 1 the other
-        hosts' (``inf`` where a rank has no such peer)."""
+    def _a2a_tiers(self, group: tuple[int, ...]) -> tuple[list[_Tier], float]:
+        """``([(peer mask [n, n] or None for all pairs, B_out [n], B_in [n] bytes/s)], latency s)``
+        of a direct all-to-all over ``group``, per tier present: the same host's members, then the
+        other hosts' (``inf`` where a rank has no peer of that tier)."""
         hit = self._a2a_tier_cache.get(group)
         if hit is None:
             g = np.asarray(self._check(group))
             bw = self._pair_bw(g[:, None], g[None, :])  # inf on the diagonal
             node = self.topology.node_of[g]
             same = node[:, None] == node[None, :]
-            tiers = np.stack([np.where(same, bw, np.inf), np.where(same, np.inf, bw)])
-            lat = self._a2a(group)[2]
-            hit = self._a2a_tier_cache[group] = (tiers.min(axis=2), tiers.min(axis=1), same, lat)
+            local, remote = same & ~np.eye(g.size, dtype=bool), ~same
+            tiers = []
+            for peers, other in ((local, remote), (remote, local)):
+                if peers.any():
+                    b = np.where(peers, bw, np.inf)
+                    tiers.append((peers if other.any() else None, b.min(axis=1), b.min(axis=0)))
+            hit = self._a2a_tier_cache[group] = (tiers, self._a2a(group)[2])
         return hit
 
     def tree(self, group: tuple[int, ...]) -> tuple[float, float, int]:
@@ -484,11 +492,11 @@ class SimpleCollectives:
         floor = np.zeros(pb.shape[:-2]) if kernel_s is None else np.broadcast_to(_as_bytes(kernel_s), pb.shape[:-2])
         if algorithm == "hierarchical":
             return _out(self._hierarchical(g, pb, node_bytes, forward_at, protocols, floor))
-        b_out, b_in, same, lat = self._a2a_tiers(g)
+        tiers, lat = self._a2a_tiers(g)
         off = pb * (1.0 - np.eye(n))
         bw_s = np.zeros(pb.shape[:-2])
-        for peers, bo, bi in ((same, b_out[0], b_in[0]), (~same, b_out[1], b_in[1])):
-            part = off * peers
+        for peers, bo, bi in tiers:
+            part = off if peers is None else off * peers
             bw_s = np.maximum(bw_s, np.maximum(part.sum(axis=-1) / bo, part.sum(axis=-2) / bi).max(axis=-1))
         inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
         return _out(_fastest(protocols, lambda p: p.a2a_launch_s + lat
