@@ -38,10 +38,9 @@ from moesim.network.generators import FatTreeRouter
 __all__ = ["all_to_all_link_bytes", "max_pair_latency_s"]
 
 
-def _scatter(tree_gpus_per_node: int, group: np.ndarray, pair_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(hosts [h], Mp [h, g, h, g])``: the group's matrix on the full rails of its hosts (its
+def _scatter(g: int, group: np.ndarray, pair_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(hosts [h], Mp [h, g, h, g])``: the group's matrix on all ``g`` GPUs of its hosts (its
     diagonal as given)."""
-    g = tree_gpus_per_node
     hosts, inv = np.unique(group // g, return_inverse=True)
     pos = inv * g + group % g  # the member's index in the padded layout
     n_pad = hosts.size * g
@@ -87,7 +86,7 @@ def all_to_all_link_bytes(router: FatTreeRouter, group: tuple[int, ...] | np.nda
     su = hosts // t.leaf_down                         # sorted, as hosts are
     starts = _runs(su)
     ends = np.r_[starts[1:], h]
-    # one pass over the matrix, a scalable unit's rows at a time: the rows summed over the SU's
+    # a scalable unit's rows at a time (while they are in cache): the rows summed over the SU's
     # hosts (x [s, g(rs), h, g(rd)]) and every row summed over destination hosts (to_rail)
     x = np.stack([mp[a:b].sum(axis=0) for a, b in zip(starts, ends)])
     to_rail = np.concatenate([_host_sums(mp[a:b].reshape((b - a) * g, h, g)) for a, b in zip(starts, ends)])
