@@ -86,7 +86,7 @@ def all_to_all_link_bytes(router: FatTreeRouter, group: tuple[int, ...] | np.nda
     su = hosts // t.leaf_down                         # sorted, as hosts are
     starts = _runs(su)
     ends = np.r_[starts[1:], h]
-    # a scalable unit's rows at a time (while they are in cache): the rows summed over the SU's
+    # a scalable unit's rows at a time: the rows summed over the SU's
     # hosts (x [s, g(rs), h, g(rd)]) and every row summed over destination hosts (to_rail)
     x = np.stack([mp[a:b].sum(axis=0) for a, b in zip(starts, ends)])
     to_rail = np.concatenate([_host_sums(mp[a:b].reshape((b - a) * g, h, g)) for a, b in zip(starts, ends)])
