@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.network.maxmin import _capacity, _Filling, _load, _touches, as_incidence
+from moesim.network.maxmin import _capacity, _Filling, _load, as_incidence
 
 __all__ = ["BatchTimes", "simulate_batch"]
 
@@ -42,9 +42,17 @@ GROUP_FACTOR = 2
 """Merge identical flows only when that divides the flows by at least this much."""
 FEW_WINDOWS = 16
 """A batch whose first finish times fill fewer coalescing windows than this is not reduced."""
+COMPACT = 8
+"""``_grouped_events`` drops the groups whose members are all done once they are over 1/COMPACT of
+the groups; until then the solves leave them out as frozen flows (rate 0 or any finite one, so they
+never finish again)."""
+SAMPLE_STRIDE = 17
+"""``_redundant_links`` first tests its candidates on every this-many-th flow (a prime, against
+periodic flow orders; when there are at
+least its square), and only those that pass there on all the flows."""
 
 
-def _redundant_links(cap: np.ndarray, links: np.ndarray) -> np.ndarray:
+def _redundant_links(cap: np.ndarray, links: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
     """``[L + 1]`` bool: links of the unit-weight flows ``links [K, F]`` whose capacity constraint the
     others imply, so that dropping them leaves the max-min rates unchanged (``[L]`` is False).
 
@@ -68,10 +76,7 @@ def _redundant_links(cap: np.ndarray, links: np.ndarray) -> np.ndarray:
     the entries; the feeder slots are tried in order of their largest capacity."""
     n_links, n_slots = cap.shape[0], links.shape[0]
     capx = np.append(cap, np.inf)
-    present = np.zeros((n_slots, n_links + 1), dtype=bool)
-    for k, row in enumerate(links):
-        present[k] = np.bincount(row, minlength=n_links + 1) > 0
-    present[:, n_links] = False
+    present = _slot_links(links, n_links) if present is None else present
     cand = present.any(axis=0) & np.isfinite(capx)
     for j in range(n_slots):  # a link twice on a flow has weight 2 there: keep it
         for j2 in range(j + 1, n_slots):
@@ -85,51 +90,82 @@ def _redundant_links(cap: np.ndarray, links: np.ndarray) -> np.ndarray:
         ck = cand & ~present[k] & (capx >= capx[present[k]].min())
         if not ck.any():
             continue
-        ids_g = np.append(np.flatnonzero(present[k]), n_links)  # feeders, the padding last
-        n_g = ids_g.size
-        rank_g = np.full(n_links + 1, n_g - 1)
-        rank_g[ids_g] = np.arange(n_g)
-        g_of: dict[type, np.ndarray] = {}  # each flow's feeder rank, by dtype
-        bound, fail = np.zeros(n_links + 1), np.zeros(n_links + 1, dtype=bool)
-        for j in range(n_slots):
-            cj = ck & present[j]
-            if j == k or not cj.any():
+        if links.shape[1] >= SAMPLE_STRIDE * SAMPLE_STRIDE:  # links failing on a sample of the flows
+            ck &= _implied(capx, np.ascontiguousarray(links[:, ::SAMPLE_STRIDE]), k, ck, present)
+            if not ck.any():
                 continue
-            ids = np.flatnonzero(cj)
-            n_pairs = ids.size * n_g  # (link, feeder) keys; the other links of slot j key above
-            dtype = np.int32 if n_pairs + n_g < 1 << 31 else np.int64
-            if dtype not in g_of:
-                g_of[dtype] = np.take(rank_g.astype(dtype), links[k])
-            base = np.full(n_links + 1, n_pairs, dtype=dtype)
-            base[ids] = np.arange(ids.size, dtype=dtype) * n_g
-            key = np.take(base, links[j])
-            key += g_of[dtype]
-            if n_pairs + n_g <= max(1 << 22, 4 * key.size):  # distinct (l, g) pairs by a bitmap
-                mark = np.zeros(n_pairs + n_g, dtype=bool)
-                mark[key] = True
-                key = np.flatnonzero(mark[:n_pairs])
-            else:
-                key = np.sort(key[key < n_pairs])
-                key = key[np.concatenate(([True], key[1:] != key[:-1]))]
-            pl, pg = ids[key // n_g], ids_g[key % n_g]  # the distinct (link, feeder) pairs
-            cl, cg = capx[pl], capx[pg]
-            fail[pl[(pg == n_links) | (cg > cl) | ((cg == cl) & (pg >= pl))]] = True
-            bound += np.bincount(pl, np.where(pg < n_links, cg, 0.0), minlength=n_links + 1)
-        proven = ck & ~fail & (bound <= capx)
+        proven = _implied(capx, links, k, ck, present)
         removed |= proven
         cand &= ~proven
     return removed
 
 
-def _drop_links(links: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """``links`` with the links ``removed [L + 1]`` replaced by the padding, empty slots dropped."""
+def _implied(capx: np.ndarray, links: np.ndarray, k: int, ck: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``[L + 1]`` bool: the links of ``ck`` whose constraint their feeders in slot ``k`` imply by
+    ``_redundant_links``'s rule, judged on the flows ``links [K, F]`` (``present [K, L + 1]``: the
+    links named in each slot, of these flows or more). On a subset of the flows the (link, feeder)
+    pairs are a subset, so a link that fails there fails on all of them."""
+    n_links, n_slots = capx.shape[0] - 1, links.shape[0]
+    ids_g = np.append(np.flatnonzero(present[k]), n_links)  # feeders, the padding last
+    n_g = ids_g.size
+    rank_g = np.full(n_links + 1, n_g - 1)
+    rank_g[ids_g] = np.arange(n_g)
+    g_of: dict[type, np.ndarray] = {}  # each flow's feeder rank, by dtype
+    bound, fail = np.zeros(n_links + 1), np.zeros(n_links + 1, dtype=bool)
+    for j in range(n_slots):
+        cj = ck & present[j]
+        if j == k or not cj.any():
+            continue
+        ids = np.flatnonzero(cj)
+        n_pairs = ids.size * n_g  # (link, feeder) keys; the other links of slot j key above
+        dtype = np.int32 if n_pairs + n_g < 1 << 31 else np.int64
+        if dtype not in g_of:
+            g_of[dtype] = np.take(rank_g.astype(dtype), links[k])
+        base = np.full(n_links + 1, n_pairs, dtype=dtype)
+        base[ids] = np.arange(ids.size, dtype=dtype) * n_g
+        key = np.take(base, links[j])
+        key += g_of[dtype]
+        if n_pairs + n_g <= max(1 << 22, 4 * key.size):  # distinct (l, g) pairs by a bitmap
+            mark = np.zeros(n_pairs + n_g, dtype=bool)
+            mark[key] = True
+            key = np.flatnonzero(mark[:n_pairs])
+        else:
+            key = np.sort(key[key < n_pairs])
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        pl, pg = ids[key // n_g], ids_g[key % n_g]  # the distinct (link, feeder) pairs
+        cl, cg = capx[pl], capx[pg]
+        fail[pl[(pg == n_links) | (cg > cl) | ((cg == cl) & (pg >= pl))]] = True
+        bound += np.bincount(pl, np.where(pg < n_links, cg, 0.0), minlength=n_links + 1)
+    return ck & ~fail & (bound <= capx)
+
+
+def _slot_links(links: np.ndarray, n_links: int) -> np.ndarray:
+    """``[K, L + 1]`` bool: the links named in each slot of ``links [K, F]`` (never the padding)."""
+    present = np.zeros((links.shape[0], n_links + 1), dtype=bool)
+    for k, row in enumerate(links):
+        present[k] = np.bincount(row, minlength=n_links + 1) > 0
+    present[:, n_links] = False
+    return present
+
+
+def _drop_links(links: np.ndarray, removed: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """``links`` with the links ``removed [L + 1]`` replaced by the padding, empty slots dropped
+    (``present``: ``_slot_links(links)``, if known, saves scanning the slots that keep all or none
+    of their links)."""
     pad = removed.shape[0] - 1
     if not links.shape[1]:
         return links[:0]
     code = np.where(removed, 2, 0).astype(np.uint8)  # 0 kept, 1 padding, 2 dropped
     code[pad] = 1
     rows = []
-    for row in links:
+    for k, row in enumerate(links):
+        if present is not None:
+            hit = (present[k] & removed).any()
+            if not (present[k] & ~removed).any():
+                continue  # no link kept: the slot goes
+            if not hit:
+                rows.append(row)
+                continue
         c = np.take(code, row)
         if c.min() == 0:  # the slot keeps a link
             rows.append(np.where(c == 2, pad, row).astype(links.dtype, copy=False) if c.max() == 2 else row)
@@ -220,45 +256,52 @@ def _grouped_events(cap: np.ndarray, links: np.ndarray, act: np.ndarray, rem: np
     m, s, bmin = state  # open members, bytes sent by each since the switch, first open remainder
     counts = _load(glinks, None, None, n_links).astype(np.int64)
     wsum = _load(glinks, m[None, :], None, n_links)  # integers: exact however summed
-    while m.size:
-        r = _Filling(cap, glinks, m[None, :], None, counts, wsum).run()
-        events += 1
-        with np.errstate(divide="ignore", invalid="ignore"):
+    gone, n_gone = np.zeros(n_groups, dtype=bool), 0  # groups with no open member, until compacted
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while m.size > n_gone:
+            r = _Filling(cap, glinks, m[None, :], None, counts, wsum, gone if n_gone else None).run()
+            events += 1
             tf = (bmin - s) / r
-        t_min = float(tf.min())
-        if t_min == np.inf:
-            break
-        thr = max(t_min + rtol * (t + t_min), t_min + floor)
-        aff = np.flatnonzero(tf <= thr)
-        f0 = first[aff]
-        g, p, tm = aff, f0, tf[aff]  # their first open members finish
-        t_last = float(tm.max())
-        while g.size:  # then their next ones, while those finish too (never a sentinel)
-            fin[p] = t + tm
-            p = p + 1
+            t_min = float(tf.min())
+            if t_min == np.inf:
+                break
+            thr = max(t_min + rtol * (t + t_min), t_min + floor)
+            aff = np.flatnonzero(tf <= thr)
+            f0 = first[aff]
+            tm = tf[aff]  # their first open members finish
+            t_last = float(tm.max())
+            fin[f0] = t + tm
+            g, p = aff, f0 + 1
             first[g] = p
-            with np.errstate(divide="ignore", invalid="ignore"):
+            while g.size:  # then their next ones, while those finish too (never a sentinel)
                 tm = (b[p] - s[g]) / r[g]
-            dn = tm <= thr
-            g, p, tm = g[dn], p[dn], tm[dn]
-            if g.size:
-                t_last = max(t_last, float(tm.max()))
-        dt = 0.5 * (t_min + t_last)
-        t += dt
-        dm = (first[aff] - f0).astype(np.float64)
-        for row in glinks:  # integers again
-            wsum -= np.bincount(row[aff], dm, minlength=n_links + 1)
-        m[aff] -= dm
-        bmin[aff] = b[first[aff]]
-        with np.errstate(invalid="ignore"):
+                dn = tm <= thr
+                g, p, tm = g[dn], p[dn], tm[dn]
+                if g.size:
+                    fin[p] = t + tm
+                    t_last = max(t_last, float(tm.max()))
+                    p = p + 1
+                    first[g] = p
+            nxt = first[aff]
+            dt = 0.5 * (t_min + t_last)
+            t += dt
+            dm = (nxt - f0).astype(np.float64)
+            for row in glinks:  # integers again
+                wsum -= np.bincount(row[aff], dm, minlength=n_links + 1)
+            m[aff] -= dm
+            bmin[aff] = b[nxt]
             s += r * dt
-        dead = aff[m[aff] == 0]
-        if dead.size:
-            for row in glinks:
-                counts -= np.bincount(row[dead], minlength=n_links + 1)
-            live = np.flatnonzero(m)
-            state, first, glinks = np.take(state, live, axis=1), first[live], np.take(glinks, live, axis=1)
-            m, s, bmin = state
+            dead = aff[m[aff] == 0]
+            if dead.size:
+                for row in glinks:
+                    counts -= np.bincount(row[dead], minlength=n_links + 1)
+                gone[dead] = True
+                n_gone += dead.size
+                if COMPACT * n_gone > m.size:
+                    live = np.flatnonzero(~gone)
+                    state, first, glinks = np.take(state, live, axis=1), first[live], np.take(glinks, live, axis=1)
+                    m, s, bmin = state
+                    gone, n_gone = np.zeros(live.size, dtype=bool), 0
     finish[act[order]] = fin[at]
     return events
 
@@ -301,11 +344,13 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         ratio = np.where(link_bytes > 0, link_bytes / cap, 0.0)
     lower = float(ratio.max()) if ratio.size else 0.0
     finish = np.zeros(inc.n_flows)
-    real = np.ones(n_links + 1, dtype=bool)
-    real[-1] = False
-    act = np.flatnonzero((rem > 0) & _touches(real, inc.links))  # a flow on no link takes 0 s
-    links = np.take(inc.links, act, axis=1)
-    weights = None if inc.weights is None else np.take(inc.weights, act, axis=1)
+    on_link = inc.links.min(axis=0) < n_links if inc.links.shape[0] else np.zeros(inc.n_flows, dtype=bool)
+    act = np.flatnonzero((rem > 0) & on_link)  # a flow on no link takes 0 s
+    if act.size == inc.n_flows:  # all of them (only read from here on)
+        links, weights = inc.links, inc.weights
+    else:
+        links = np.take(inc.links, act, axis=1)
+        weights = None if inc.weights is None else np.take(inc.weights, act, axis=1)
     rem = rem[act]
     t, events, floor = 0.0, 0, window_frac * lower
     counts = _load(links, None, None, n_links).astype(np.int64)
@@ -333,13 +378,16 @@ def simulate_batch(link_capacity: np.ndarray, flow_links: Any, nbytes: np.ndarra
         weights = None if weights is None else np.take(weights, run, axis=1)
         if 0 < act.size <= reduce_at:
             reduce_at = act.size // 2 if act.size >= 2 * REDUCE_MIN_FLOWS else -1
-            removed = _redundant_links(cap, links)
-            if removed[:n_links].any():
-                links = _drop_links(links, removed)
-                counts = _load(links, None, None, n_links).astype(np.int64)
+            present = _slot_links(links, n_links)
+            removed = _redundant_links(cap, links, present)
+            dropped = bool(removed[:n_links].any())
+            if dropped:
+                links = _drop_links(links, removed, present)
             grouped = _groups(links, n_links)
             if grouped is not None and GROUP_FACTOR * (grouped[1].size - 1) <= act.size:
                 events = _grouped_events(cap, links, act, rem, grouped, finish, t, events, floor, rtol)
                 break
+            if dropped:
+                counts = _load(links, None, None, n_links).astype(np.int64)
     makespan = float(finish.max()) if finish.size else 0.0
     return BatchTimes(finish, makespan, events, link_bytes, lower)

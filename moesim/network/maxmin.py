@@ -40,6 +40,7 @@ CSC_FACTOR = 8
 than 1/CSC_FACTOR of the open entries."""
 CANDIDATES = 256
 """Links examined per round, in share order, once the link → flows index is in use."""
+NO_RANK = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,20 @@ def _load(links: np.ndarray, weights: np.ndarray | None, x: np.ndarray | None, n
         wk = x if weights is None else (weights[k] if x is None else weights[k] * x)
         out += np.bincount(links[k], wk, minlength=n_links + 1)
     return out
+
+
+_IDS = np.arange(0)
+
+
+def _ids(n: int) -> np.ndarray:
+    """``arange(n)``, read-only, from a shared one grown as needed."""
+    global _IDS
+    ids = _IDS
+    if ids.size < n:
+        ids = np.arange(max(n, 2 * ids.size))
+        ids.flags.writeable = False
+        _IDS = ids
+    return ids[:n]
 
 
 def _touches(mask: np.ndarray, links: np.ndarray) -> np.ndarray:
@@ -198,8 +213,8 @@ def solve_maxmin_few(link_capacity: np.ndarray, links: np.ndarray, weights: np.n
     return rate
 
 
-def _by_link(links: np.ndarray, rows: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ptr [L + 2], flows [nnz])``: the flows (ids from ``rows``) on each link, link-sorted."""
+def _by_link(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ptr [L + 2], cols [nnz])``: the columns of ``links [K, R]`` on each link, link-sorted."""
     flat = links.ravel()
     if n_links < 1 << 16:  # numpy's stable sort of 16-bit keys is a radix sort
         order = np.argsort(flat.astype(np.uint16), kind="stable")
@@ -208,37 +223,35 @@ def _by_link(links: np.ndarray, rows: np.ndarray, n_links: int) -> tuple[np.ndar
         order = order[np.argsort((flat[order] >> 16).astype(np.uint16), kind="stable")]
     ptr = np.zeros(n_links + 2, dtype=np.int64)
     np.cumsum(np.bincount(flat, minlength=n_links + 1), out=ptr[1:])
-    return ptr, rows[order % rows.shape[0]]
-
-
-def _flows_on(csc: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray:
-    """Flows on the links ``ids`` (with repeats) from a ``_by_link`` index."""
-    ptr, flows = csc
-    starts, lens = ptr[ids], ptr[ids + 1] - ptr[ids]
-    offsets = np.cumsum(lens) - lens
-    return flows[np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()))]
+    return ptr, order % links.shape[1]
 
 
 class _Filling:
     """One progressive filling of the flows ``links [K, F]`` (padded with L; ``weights [K, F]``,
     ``[1, F]`` for one weight per flow, or None); ``counts`` (``[L + 1]`` entries per link), when
     given, also promises that every flow names a link, and ``wsum`` (``[L + 1]`` weight per link,
-    with ``counts`` only) saves summing the weights. The flows of the saturated links are found by
+    with ``counts`` only) saves summing the weights; ``frozen`` (``[F]`` bool, with ``counts`` only)
+    marks flows left out of the problem (in neither ``counts`` nor ``wsum``; their rates are
+    finite, otherwise meaningless). The flows of the saturated links are found by
     scanning the open flows' slots (bulk rounds; open flows kept compacted) until a round's
     saturated links hold few open entries compared with all open ones; then a link → flows index
     is built and used."""
 
     def __init__(self, cap: np.ndarray, links: np.ndarray, weights: np.ndarray | None,
-                 demand: np.ndarray | None, counts: np.ndarray | None, wsum: np.ndarray | None = None) -> None:
+                 demand: np.ndarray | None, counts: np.ndarray | None, wsum: np.ndarray | None = None,
+                 frozen: np.ndarray | None = None) -> None:
         n_links, n_flows = cap.shape[0], links.shape[1]
-        slots = [k for k in range(links.shape[0]) if np.any(links[k] < n_links)]  # drop empty slots
+        slots = [k for k in range(links.shape[0]) if n_flows and links[k].min() < n_links]  # drop empty slots
         if len(slots) < links.shape[0]:
             links = links[slots]
             weights = weights if weights is None or weights.shape[0] == 1 else weights[slots]
         self.cap, self.n_links, self.demand = cap, n_links, demand
         self.links0, self.weights0 = links, weights  # indexed by flow id
         self.rate, self.frozen = np.empty(n_flows), np.zeros(n_flows, dtype=bool)
-        self.rows = np.arange(n_flows)  # open flows, in the column order of links / weights
+        self.rows = _ids(n_flows)  # open flows, in the column order of links / weights
+        self.pre = None if frozen is None or counts is None or not frozen.any() else frozen
+        if self.pre is not None:  # frozen from the start: rate 0, in no count
+            self.rate, self.frozen = np.zeros(n_flows), self.pre.copy()
         if counts is None:
             real = np.ones(n_links + 1, dtype=bool)
             real[n_links] = False
@@ -257,8 +270,10 @@ class _Filling:
             self.wsum = self.cnt.astype(np.float64) if weights is None else _load(links, weights, None, n_links)
         self.used = np.zeros(n_links + 1)
         self.dq = np.zeros(0, np.int64) if demand is None else np.argsort(demand, kind="stable")
-        self.dpos, self.n_open = 0, self.rows.size
+        self.dpos, self.n_open = 0, self.rows.size - (0 if self.pre is None else int(np.count_nonzero(self.pre)))
         self.csc: tuple[np.ndarray, np.ndarray] | None = None
+        self.dead = np.zeros(0, dtype=bool)  # the flows (of rows) the last scan round froze
+        self.first = np.zeros(0, dtype=np.int64)  # with csc: scratch, each row's first candidate rank
 
     def run(self) -> np.ndarray:
         """Rounds until every flow is frozen; returns the rates."""
@@ -293,9 +308,9 @@ class _Filling:
         """Freeze the open flows on the links of ``live`` whose ``share`` is at most ``thr``, at
         ``level``; None when that was all of them."""
         sat_ids = live[share <= thr]
-        if self.csc is None and CSC_FACTOR * int(self.cnt[sat_ids].sum()) < self.links.size:
-            self.csc = _by_link(self.links, self.rows, self.n_links)
-            self.first = np.full(self.rate.shape[0], np.iinfo(np.int64).max)
+        if self.csc is None and CSC_FACTOR * int(self.cnt[sat_ids].sum()) < self.links.shape[0] * self.n_open:
+            self.csc = _by_link(self.links, self.n_links)  # by position in rows, fixed from now on
+            self.first = np.full(self.rows.size, NO_RANK)
         if self.csc is not None:
             return self._saturated_by_link(live, share, thr, level, dmin)
         sat = np.zeros(self.n_links + 1, dtype=bool)
@@ -304,6 +319,19 @@ class _Filling:
         if dmin > thr and dead.all():
             self.rate[self.rows] = level
             return None
+        self.dead = dead
+        if self.rows.size == self.rate.size:  # rows is arange; dead and the frozen are all frozen
+            if self.pre is None:  # the first round
+                hit = np.flatnonzero(dead)
+                self.frozen = dead
+            else:
+                hit = np.flatnonzero(dead & ~self.frozen)
+                self.frozen |= dead
+            if 2 * hit.size >= dead.size:  # the open ones get their rates later
+                self.rate.fill(level)
+            else:
+                self.rate[hit] = level
+            return hit
         hit = self.rows[dead]
         self.rate[hit] = level
         self.frozen[hit] = True
@@ -323,22 +351,29 @@ class _Filling:
         lvl[:n_tie] = level
         ranks = np.arange(k)
         ranks[:n_tie] = 0  # the ties freeze together whatever they share
-        ptr = self.csc[0]
-        flows = _flows_on(self.csc, cand)
-        rank = np.repeat(ranks, ptr[cand + 1] - ptr[cand])
-        keep = ~self.frozen[flows]
-        flows, rank = flows[keep], rank[keep]
-        np.minimum.at(self.first, flows, rank)
-        earlier = rank[self.first[flows] < rank]  # candidates sharing a flow with an earlier one
-        self.first[flows] = np.iinfo(np.int64).max
+        ptr, index = self.csc
+        starts = ptr[cand]
+        lens = ptr[cand + 1] - starts
+        ends = np.cumsum(lens)
+        pos = index[np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]))]  # in rows
+        rank = np.repeat(ranks, lens)
+        keep = ~self.frozen[self.rows[pos]]
+        pos, rank = pos[keep], rank[keep]
+        np.minimum.at(self.first, pos, rank)
+        first = self.first[pos]
+        earlier = rank[first < rank]  # candidates sharing a flow with an earlier one
         stop = min(int(earlier.min()) if earlier.size else k, max(n_tie, int(np.searchsorted(lvl, dmin))))
-        flows, rank = flows[rank < stop], rank[rank < stop]
-        order = np.argsort(flows, kind="stable")
-        flows, rank = flows[order], rank[order]
-        first = np.concatenate(([True], flows[1:] != flows[:-1]))
-        hit = flows[first]
-        self.rate[hit] = lvl[rank[first]]
+        sel = pos[first < stop]
+        if 16 * sel.size < self.rows.size:
+            sel = np.unique(sel)
+        else:
+            mark = np.zeros(self.rows.size, dtype=bool)
+            mark[sel] = True
+            sel = np.flatnonzero(mark)
+        hit = self.rows[sel]  # ascending, as rows
+        self.rate[hit] = lvl[self.first[sel]]
         self.frozen[hit] = True
+        self.first[pos] = NO_RANK
         return hit
 
     def _capped(self, thr: float, level: float) -> np.ndarray:
@@ -358,9 +393,14 @@ class _Filling:
         self.n_open -= done.size
         if not self.n_open:
             return
-        if self.csc is None:
-            ki = np.flatnonzero(~self.frozen[self.rows])
-            self.rows, self.links = self.rows[ki], np.take(self.links, ki, axis=1)
+        if self.csc is None:  # with ``level``, this round froze exactly the scan's ``dead``
+            ident = self.rows.size == self.rate.size
+            if level is not None and not (ident and self.pre is not None):
+                ki = np.flatnonzero(~self.dead)
+            else:
+                ki = np.flatnonzero(~(self.frozen if ident else self.frozen[self.rows]))
+            self.rows = ki if self.rows.size == self.rate.size else self.rows[ki]  # arange[ki] = ki
+            self.links = np.take(self.links, ki, axis=1)
             self.weights = None if self.weights is None else np.take(self.weights, ki, axis=1)
             if level is not None and ki.size < done.size:  # cheaper to recount the open flows
                 cnt = _load(self.links, None, None, self.n_links)
@@ -370,6 +410,19 @@ class _Filling:
                 return
         dl = np.take(self.links0, done, axis=1)
         dw = None if self.weights0 is None else np.take(self.weights0, done, axis=1)
+        if dl.size < 1 << 16:  # ``_load``'s one bincount over all slots, inlined: same sums
+            flat, n = dl.ravel(), self.n_links + 1
+            x = np.broadcast_to(self.rate[done], dl.shape)
+            dc = np.bincount(flat, minlength=n)
+            self.cnt -= dc
+            if dw is None:
+                self.wsum -= dc
+                self.used += np.bincount(flat, x.ravel(), minlength=n)
+            else:
+                dw = np.broadcast_to(dw, dl.shape)
+                self.wsum -= np.bincount(flat, dw.ravel(), minlength=n)
+                self.used += np.bincount(flat, (dw * x).ravel(), minlength=n)
+            return
         dc = _load(dl, None, None, self.n_links)
         self.cnt -= dc.astype(np.int64)
         self.wsum -= dc if dw is None else _load(dl, dw, None, self.n_links)

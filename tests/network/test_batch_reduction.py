@@ -103,6 +103,33 @@ def test_redundant_links_follow_the_rule(inst: tuple[np.ndarray, Incidence]) -> 
     assert np.flatnonzero(batch._redundant_links(cap, inc.links)).tolist() == _redundant_reference(cap, inc.links)
 
 
+@st.composite
+def many_flow_instances(draw: st.DrawFn) -> tuple[np.ndarray, Incidence]:
+    # enough flows for ``_redundant_links`` to try its candidates on a sample first: ports feeding
+    # trunks (droppable or not by capacity), and a few stray flows that may spoil a trunk
+    n_ports, n_trunks = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    n_links = n_ports + n_trunks
+    n_flows = draw(st.integers(batch.SAMPLE_STRIDE ** 2, batch.SAMPLE_STRIDE ** 2 + 60))
+    cap = np.array(draw(st.lists(st.sampled_from([1.0, 2.0]), min_size=n_ports, max_size=n_ports))
+                   + draw(st.lists(st.sampled_from([2.0, 4.0, 8.0, 16.0]), min_size=n_trunks, max_size=n_trunks)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    stray = draw(st.sampled_from([0.0, 0.002, 0.05]))
+    rows = []
+    for _ in range(n_flows):
+        if rng.random() < stray:
+            rows.append(sorted(set(rng.integers(0, n_links, rng.integers(1, 4)).tolist())))
+        else:
+            rows.append([int(rng.integers(0, n_ports)), n_ports + int(rng.integers(0, n_trunks))])
+    return cap, Incidence.from_rows(rows, n_links)
+
+
+@settings(max_examples=60, deadline=None)
+@given(many_flow_instances())
+def test_redundant_links_on_a_sample_first_follow_the_rule(inst: tuple[np.ndarray, Incidence]) -> None:
+    cap, inc = inst
+    assert np.flatnonzero(batch._redundant_links(cap, inc.links)).tolist() == _redundant_reference(cap, inc.links)
+
+
 @settings(max_examples=200, deadline=None)
 @given(unit_instances(), st.data())
 def test_dropping_links_pads_them_and_drops_empty_slots(inst: tuple[np.ndarray, Incidence], data: st.DataObject) -> None:
@@ -112,6 +139,8 @@ def test_dropping_links_pads_them_and_drops_empty_slots(inst: tuple[np.ndarray, 
     expect = full[(full < cap.size).any(axis=1)]
     out = batch._drop_links(inc.links, removed)
     assert out.dtype == inc.links.dtype and out.shape == expect.shape and (out == expect).all()
+    known = batch._drop_links(inc.links, removed, batch._slot_links(inc.links, cap.size))
+    assert known.dtype == inc.links.dtype and known.shape == expect.shape and (known == expect).all()
 
 
 @settings(max_examples=100, deadline=None)
