@@ -381,8 +381,8 @@ class Replica:
         else:  # a decode-only run (see _run_length): batch size = decode tokens = tokens = n_dec
             held = np.array([s.blocks for s in plan.decode], np.int64)
             kv = kv0 + (np.maximum(plan.blocks[:k], held) - held).sum(axis=1)
-            n = np.full(k, float(n_dec))
-            self.passes.add(start_s=starts, duration_s=durs, batch_size=n, prefill_tokens=np.zeros(k),
+            n = float(n_dec)
+            self.passes.add(start_s=starts, duration_s=durs, batch_size=n, prefill_tokens=0.0,
                             decode_tokens=n, kv_blocks=kv, tokens=n, sample=idx, imbalance=imbalance,
                             moe_comm_s=comm, comm_s=comm_s)
         now = float(ends[-1])

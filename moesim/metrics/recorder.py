@@ -22,45 +22,58 @@ class PassLog:
     decode_tokens [tokens], kv_blocks [blocks held during the pass], tokens (pool key), sample
     (routing sample index), imbalance (max/mean EP-rank load after balancing, mean over layers;
     1 for a dense model), moe_comm_s (dispatch + combine + expert-weight copies in the pass),
-    comm_s (all communication of the pass: TP all-reduces + moe_comm_s)."""
+    comm_s (all communication of the pass: TP all-reduces + moe_comm_s).
+
+    Rows live in one ``[capacity, fields]`` table grown by doubling: runs of rows are written
+    into it as they come, single rows are buffered as tuples (with their pass numbers) and written
+    into their places when a column is read."""
 
     def __init__(self) -> None:
-        self._chunks: dict[str, list[np.ndarray]] = {f: [] for f in PASS_FIELDS}
-        self._rows: list[tuple[float, ...]] = []   # single-pass rows not yet packed into a chunk
+        self._table = np.empty((0, len(PASS_FIELDS)))
+        self._rows: list[tuple[float, ...]] = []  # single rows not yet in the table
+        self._row_at: list[int] = []              # their pass numbers
         self.passes = 0
 
-    def add(self, **columns: np.ndarray) -> None:
-        """Append rows; every column is an array of the same length (single rows are buffered)."""
+    def add(self, **columns: np.ndarray | float) -> None:
+        """Append rows; every column is an array of the same length or a scalar repeated on every
+        row (``start_s`` must be an array; single rows are buffered)."""
         n = len(columns["start_s"])
         if n == 1:
-            self._rows.append(tuple(float(columns[f][0]) for f in PASS_FIELDS))
-            if len(self._rows) >= 65536:
-                self._pack()
-        else:
-            self._pack()
-            for f in PASS_FIELDS:
-                self._chunks[f].append(np.asarray(columns[f], dtype=np.float64))
+            self.add_row(tuple(float(v if np.ndim(v) == 0 else v[0]) for v in (columns[f] for f in PASS_FIELDS)))
+            return
+        self._reserve(self.passes + n)
+        block = self._table[self.passes:self.passes + n]
+        for i, f in enumerate(PASS_FIELDS):
+            block[:, i] = columns[f]
         self.passes += n
 
     def add_row(self, row: tuple[float, ...]) -> None:
         """Append one row, its values in ``PASS_FIELDS`` order."""
         self._rows.append(row)
+        self._row_at.append(self.passes)
         self.passes += 1
         if len(self._rows) >= 65536:
             self._pack()
 
+    def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows (the table may end before buffered single rows' places)."""
+        size = self._table.shape[0]
+        if rows > size:
+            kept = min(self.passes, size)
+            grown = np.empty((max(rows, 2 * size, 4096), len(PASS_FIELDS)))
+            grown[:kept] = self._table[:kept]
+            self._table = grown
+
     def _pack(self) -> None:
         if self._rows:
-            block = np.array(self._rows, dtype=np.float64)
-            for i, f in enumerate(PASS_FIELDS):
-                self._chunks[f].append(block[:, i])
-            self._rows = []
+            self._reserve(self.passes)
+            self._table[self._row_at] = np.array(self._rows, dtype=np.float64)
+            self._rows, self._row_at = [], []
 
     def column(self, name: str) -> np.ndarray:
-        """All rows of one column (float64), concatenated."""
+        """All rows of one column (a float64 copy)."""
         self._pack()
-        parts = self._chunks[name]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return self._table[:self.passes, PASS_FIELDS.index(name)].copy()
 
 
 class RequestLog:

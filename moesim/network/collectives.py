@@ -493,15 +493,19 @@ class SimpleCollectives:
         if algorithm == "hierarchical":
             return _out(self._hierarchical(g, pb, node_bytes, forward_at, protocols, floor))
         tiers, lat = self._a2a_tiers(g)
-        off = pb * (1.0 - np.eye(n))
-        bw_s = np.zeros(pb.shape[:-2])
-        for peers, bo, bi in tiers:
-            part = off if peers is None else off * peers
-            bw_s = np.maximum(bw_s, np.maximum(part.sum(axis=-1) / bo, part.sum(axis=-2) / bi).max(axis=-1))
-        inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
+        if n == 2:
+            bw_s, inj, peak = _pair_direct_terms(pb, tiers[0])
+        else:
+            off = pb * (1.0 - np.eye(n))
+            bw_s = np.zeros(pb.shape[:-2])
+            for peers, bo, bi in tiers:
+                part = off if peers is None else off * peers
+                bw_s = np.maximum(bw_s, np.maximum(part.sum(axis=-1) / bo, part.sum(axis=-2) / bi).max(axis=-1))
+            inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
+            peak = off.max(axis=(-2, -1))
         return _out(_fastest(protocols, lambda p: p.a2a_launch_s + lat
-                             + np.maximum.reduce([bw_s / p.bw_fraction, inj / p.injection_bytes_per_s, floor]),
-                             off.max(axis=(-2, -1))))
+                             + np.maximum(np.maximum(bw_s / p.bw_fraction, inj / p.injection_bytes_per_s), floor),
+                             peak))
 
     def rails(self) -> Rails:
         """Local ranks and rail peers of the topology's GPUs (cached)."""
@@ -584,6 +588,21 @@ class SimpleCollectives:
         lat = float(self.topology.latency_s[s, d].max()) + self.per_message_latency_s
         return float(_fastest(self.protocols, lambda p: p.a2a_launch_s + lat
                               + max(port / p.bw_fraction, inj / p.injection_bytes_per_s), b.max()))
+
+
+def _pair_direct_terms(pb: np.ndarray, tier: _Tier) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bandwidth term, injection term, largest message)`` of a direct all-to-all of two ranks
+    (one tier, all pairs): the general formula with its two-element sums and maxima written out,
+    the same operations on the same operands (the diagonal, times 0, is still added)."""
+    _, bo, bi = tier
+    z0, z1 = pb[..., 0, 0] * 0.0, pb[..., 1, 1] * 0.0
+    a, b = pb[..., 0, 1] * 1.0, pb[..., 1, 0] * 1.0           # 0 -> 1, 1 -> 0
+    send0, send1, recv0, recv1 = z0 + a, b + z1, z0 + b, a + z1
+    bw_s = np.maximum(0.0, np.maximum(np.maximum(send0 / bo[0], recv0 / bi[0]),
+                                      np.maximum(send1 / bo[1], recv1 / bi[1])))
+    inj = np.maximum(np.maximum(send0, recv0), np.maximum(send1, recv1))
+    peak = np.maximum(np.maximum(z0, a), np.maximum(b, z1))
+    return bw_s, inj, peak
 
 
 def _as_bytes(x: ArrayLike) -> np.ndarray:

@@ -323,14 +323,28 @@ def _draw_counts(params: tuple[np.ndarray, ...], t: int, top_k: int, rng: np.ran
         room = np.where(gap > 0, t - x, x) * mask
         rsum = room.sum(axis=1, keepdims=True)
         x += gap * np.divide(room, rsum, out=np.zeros_like(room), where=rsum > 0)
-    cum = np.cumsum(x, axis=1)
+    cum = _cumsum_columns(x)
     cum += rng.random((pi.shape[0], 1))
     np.floor(cum, out=cum)
     cum[:, -1] = target
-    counts = np.diff(cum, axis=1, prepend=0.0).astype(np.int64)
+    counts = np.empty(cum.shape, np.int64)  # np.diff(cum, prepend=0) as int64, without the prepended copy
+    counts[:, 0] = cum[:, 0]
+    counts[:, 1:] = cum[:, 1:] - cum[:, :-1]
     if counts.min() < 0 or counts.max() > t:  # floating-point corner; practically never
         counts = _repair(counts, t, top_k)
     return counts
+
+
+def _cumsum_columns(x: np.ndarray) -> np.ndarray:
+    """``np.cumsum(x, axis=1)`` of a 2-D array, one column at a time when it has few (the same
+    additions in the same order, without numpy's per-row overhead)."""
+    if x.shape[1] > 16:
+        return np.cumsum(x, axis=1)
+    out = np.empty_like(x)
+    out[:, 0] = x[:, 0]
+    for j in range(1, x.shape[1]):
+        np.add(out[:, j - 1], x[:, j], out=out[:, j])
+    return out
 
 
 def _deal(slots: int, group: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from moesim.config.schema import RoutingLoadCfg
 from moesim.core.errors import ConfigError
 from moesim.workload import RoutingLoadGenerator
-from moesim.workload.routing_load import capped_inclusion
+from moesim.workload.routing_load import _cumsum_columns, capped_inclusion
 
 
 def make(kind: str = "uniform", *, layers: int = 4, experts: int = 8, top_k: int = 2, seed: int = 0,
@@ -165,3 +165,10 @@ def test_sample_many_keeps_the_invariants(kind: str) -> None:
     assert (many.sum(axis=-1) == 400).all() and many.min() >= 0 and many.max() <= 100
     if kind != "hot_experts":
         assert len({d.tobytes() for d in many}) == 8
+
+
+@pytest.mark.parametrize("shape", [(512, 8), (1, 8), (3, 1), (40, 16), (100, 64)])
+def test_column_cumsum_is_numpys_bit_for_bit(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random(shape) * 10.0 ** rng.integers(-3, 6, shape)
+    assert np.array_equal(_cumsum_columns(x), np.cumsum(x, axis=1))
