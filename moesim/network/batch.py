@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.network.maxmin import _capacity, _Filling, _load, as_incidence
+from moesim.network.maxmin import _capacity, _Filling, _load, as_incidence, radix_argsort
 
 __all__ = ["BatchTimes", "simulate_batch"]
 
@@ -172,17 +172,6 @@ def _drop_links(links: np.ndarray, removed: np.ndarray, present: np.ndarray | No
     return np.array(rows, dtype=links.dtype).reshape(len(rows), links.shape[1])
 
 
-def _radix_argsort(key: np.ndarray, bits: int) -> np.ndarray:
-    """Stable argsort of ``key [N]`` (integers, ``0 ≤ key < 2**bits``) by 16-bit radix passes."""
-    order: np.ndarray | None = None
-    for shift in range(0, max(bits, 1), 16):
-        digit = ((key if order is None else key[order]) >> shift).astype(np.uint16)
-        step = np.argsort(digit, kind="stable")
-        order = step if order is None else order[step]
-    assert order is not None
-    return order
-
-
 def _groups(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``(order [F], ptr [G + 1])``: the columns of ``links [K, F]`` sorted so that identical ones
     are contiguous, group ``i`` being ``order[ptr[i]:ptr[i + 1]]``; None if a column does not fit
@@ -195,7 +184,7 @@ def _groups(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray] | 
     for k in range(1, n_slots):
         key <<= bits
         key |= links[k]
-    order = _radix_argsort(key, n_slots * bits)
+    order = radix_argsort(key, n_slots * bits)
     sk = key[order]
     start = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
     return order, np.append(start, n)

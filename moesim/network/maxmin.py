@@ -213,14 +213,22 @@ def solve_maxmin_few(link_capacity: np.ndarray, links: np.ndarray, weights: np.n
     return rate
 
 
+def radix_argsort(key: np.ndarray, bits: int) -> np.ndarray:
+    """Stable argsort of ``key [N]`` (integers, ``0 ≤ key < 2**bits``) by 16-bit radix passes
+    (numpy's stable sort of 16-bit keys is a radix sort), low digits first."""
+    order: np.ndarray | None = None
+    for shift in range(0, max(bits, 1), 16):
+        digit = ((key if order is None else key[order]) >> shift).astype(np.uint16)
+        step = np.argsort(digit, kind="stable")
+        order = step if order is None else order[step]
+    assert order is not None
+    return order
+
+
 def _by_link(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ptr [L + 2], cols [nnz])``: the columns of ``links [K, R]`` on each link, link-sorted."""
     flat = links.ravel()
-    if n_links < 1 << 16:  # numpy's stable sort of 16-bit keys is a radix sort
-        order = np.argsort(flat.astype(np.uint16), kind="stable")
-    else:  # two 16-bit radix passes, low half then high half
-        order = np.argsort((flat & 0xFFFF).astype(np.uint16), kind="stable")
-        order = order[np.argsort((flat[order] >> 16).astype(np.uint16), kind="stable")]
+    order = radix_argsort(flat, int(n_links).bit_length())
     ptr = np.zeros(n_links + 2, dtype=np.int64)
     np.cumsum(np.bincount(flat, minlength=n_links + 1), out=ptr[1:])
     return ptr, order % links.shape[1]
