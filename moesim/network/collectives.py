@@ -493,16 +493,7 @@ class SimpleCollectives:
         if algorithm == "hierarchical":
             return _out(self._hierarchical(g, pb, node_bytes, forward_at, protocols, floor))
         tiers, lat = self._a2a_tiers(g)
-        if n == 2:
-            bw_s, inj, peak = _pair_direct_terms(pb, tiers[0])
-        else:
-            off = pb * (1.0 - np.eye(n))
-            bw_s = np.zeros(pb.shape[:-2])
-            for peers, bo, bi in tiers:
-                part = off if peers is None else off * peers
-                bw_s = np.maximum(bw_s, np.maximum(part.sum(axis=-1) / bo, part.sum(axis=-2) / bi).max(axis=-1))
-            inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
-            peak = off.max(axis=(-2, -1))
+        bw_s, inj, peak = _direct_terms(pb, tiers)
         return _out(_fastest(protocols, lambda p: p.a2a_launch_s + lat
                              + np.maximum(np.maximum(bw_s / p.bw_fraction, inj / p.injection_bytes_per_s), floor),
                              peak))
@@ -590,19 +581,29 @@ class SimpleCollectives:
                               + max(port / p.bw_fraction, inj / p.injection_bytes_per_s), b.max()))
 
 
-def _pair_direct_terms(pb: np.ndarray, tier: _Tier) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(bandwidth term, injection term, largest message)`` of a direct all-to-all of two ranks
-    (one tier, all pairs): the general formula with its two-element sums and maxima written out,
-    the same operations on the same operands (the diagonal, times 0, is still added)."""
-    _, bo, bi = tier
-    z0, z1 = pb[..., 0, 0] * 0.0, pb[..., 1, 1] * 0.0
-    a, b = pb[..., 0, 1] * 1.0, pb[..., 1, 0] * 1.0           # 0 -> 1, 1 -> 0
-    send0, send1, recv0, recv1 = z0 + a, b + z1, z0 + b, a + z1
-    bw_s = np.maximum(0.0, np.maximum(np.maximum(send0 / bo[0], recv0 / bi[0]),
-                                      np.maximum(send1 / bo[1], recv1 / bi[1])))
-    inj = np.maximum(np.maximum(send0, recv0), np.maximum(send1, recv1))
-    peak = np.maximum(np.maximum(z0, a), np.maximum(b, z1))
-    return bw_s, inj, peak
+def _direct_terms(pb: np.ndarray, tiers: list[_Tier]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bandwidth term s, injection term bytes, largest message bytes)`` ``[...]`` of a direct
+    all-to-all of ``pb [..., n, n]`` (module doc). numpy reduces short trailing axes slowly, so a
+    few ranks (n < 8, where its sums are plain left-to-right additions either way) with many
+    leading draws are reduced with the rank axes moved to the front."""
+    n, lead = pb.shape[-1], pb.shape[:-2]
+    if n < 8 and int(np.prod(lead)) > n * n:
+        x = np.ascontiguousarray(np.moveaxis(pb, (-2, -1), (0, 1)))   # [src, dst, ...]
+        src, dst, rank = 0, 1, 0
+        def at(v: np.ndarray) -> np.ndarray:
+            return v.reshape(v.shape + (1,) * len(lead))
+    else:
+        x, src, dst, rank = pb, -2, -1, -1
+        def at(v: np.ndarray) -> np.ndarray:
+            return v
+    off = x * at(1.0 - np.eye(n))
+    bw_s = np.zeros(lead)
+    for peers, b_out, b_in in tiers:
+        part = off if peers is None else off * at(peers)
+        sent, recv = part.sum(axis=dst) / at(b_out), part.sum(axis=src) / at(b_in)
+        bw_s = np.maximum(bw_s, np.maximum(sent, recv).max(axis=rank))
+    inj = np.maximum(off.sum(axis=dst), off.sum(axis=src)).max(axis=rank)
+    return bw_s, inj, off.max(axis=(src, dst))
 
 
 def _as_bytes(x: ArrayLike) -> np.ndarray:

@@ -207,30 +207,22 @@ def test_injection_limit_caps_what_one_gpu_moves(node: SimpleCollectives) -> Non
     assert node.all_to_all_s(g, pb, protocol=free) == pytest.approx(20e-6 + node.all_to_all_s(g, pb))
 
 
-@pytest.mark.parametrize("pair", [(0, 1), (0, 8)])
-def test_two_rank_direct_all_to_all_equals_the_general_formula_exactly(rail_topo: Topology,
-                                                                       pair: tuple[int, int]) -> None:
-    """Two ranks (same host or not) take a written-out path: bit for bit the n-rank formula."""
+@pytest.mark.parametrize("group", [(0, 1), (0, 8), (0, 1, 8), (0, 1, 2, 8, 9), tuple(range(16))])
+def test_direct_all_to_all_of_many_draws_equals_each_draw_alone(rail_topo: Topology,
+                                                                group: tuple[int, ...]) -> None:
+    """Many draws of a few ranks are reduced with the rank axes in front (``_direct_terms``): bit
+    for bit what each draw gives on its own, with protocols, an injection limit and a kernel floor."""
     coll = SimpleCollectives.calibrated(rail_topo, gpu="h100-sxm")
+    n = len(group)
     rng = np.random.default_rng(3)
-    pb = rng.random((5, 7, 2, 2)) * 10.0 ** rng.integers(2, 9, (5, 7, 2, 2))
+    pb = rng.random((5, 7, n, n)) * 10.0 ** rng.integers(2, 9, (5, 7, n, n))
     pb[0, 0] = 0.0
     kernel = rng.random((5, 7)) * 1e-5
-    (_, bo, bi), = coll._a2a_tiers(pair)[0]
-    lat = coll._a2a_tiers(pair)[1]
-    off = pb * (1.0 - np.eye(2))
-    bw = np.maximum(np.zeros((5, 7)), np.maximum(off.sum(axis=-1) / bo, off.sum(axis=-2) / bi).max(axis=-1))
-    inj = np.maximum(off.sum(axis=-1), off.sum(axis=-2)).max(axis=-1)
-    peak = off.max(axis=(-2, -1))
     for protocol, floor in ((None, None), (Protocol("kernel", a2a_launch_s=20e-6, injection_bytes_per_s=1e10), kernel)):
-        protocols = coll.protocols if protocol is None else (protocol,)
-        f = np.zeros((5, 7)) if floor is None else floor
-        expected = np.min([np.where(peak <= p.p2p_max_bytes, p.a2a_launch_s + lat + np.maximum.reduce(
-            [bw / p.bw_fraction, inj / p.injection_bytes_per_s, f]), np.inf) for p in protocols], axis=0)
-        got = coll.all_to_all_s(pair, pb, protocol=protocol, kernel_s=floor)
-        assert np.array_equal(got, expected)
-        assert coll.all_to_all_s(pair, pb[1, 2], protocol=protocol,
-                                 kernel_s=None if floor is None else floor[1, 2]) == expected[1, 2]
+        got = coll.all_to_all_s(group, pb, protocol=protocol, kernel_s=floor)
+        alone = [[coll.all_to_all_s(group, pb[i, j], protocol=protocol, kernel_s=None if floor is None else floor[i, j])
+                  for j in range(7)] for i in range(5)]
+        assert np.array_equal(got, np.array(alone))
 
 
 def test_inter_node_efficiency_applies_to_pairs_on_different_hosts(rail_topo: Topology) -> None:
