@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from moesim.config.presets import load_gpu
 from moesim.network.collectives import Protocol, Seconds
 
 __all__ = ["DEEPEP_CALIBRATION", "DeepEP", "DeepEPCalibration", "EpTokens", "combine_token_bytes",
@@ -243,6 +242,17 @@ def combine_token_bytes(hidden: int) -> float:
 
 
 # --------------------------------------------------------------------------- kernels
+def _host_link_rate(collectives: Any, gpu: int) -> float:
+    """Bytes/s the collectives move between ``gpu`` and another GPU of its host (NVLink; any other
+    GPU when it is alone on its host): the slope of their point-to-point time, so the topology's
+    link and the collectives' efficiency both count."""
+    node = np.asarray(collectives.topology.node_of)
+    peers = np.flatnonzero(node == node[gpu])
+    other = int(peers[peers != gpu][0]) if peers.size > 1 else (gpu + 1) % node.size
+    big = 2.0**30
+    return big / float(collectives.p2p_s(gpu, other, 2 * big) - collectives.p2p_s(gpu, other, big))
+
+
 class DeepEP:
     """DeepEP dispatch / combine times of an EP ``group`` on a ``CollectiveCost`` that supports
     ``all_to_all_s(..., algorithm=, node_bytes=, forward_at=, protocol=)`` (``SimpleCollectives``
@@ -262,7 +272,7 @@ class DeepEP:
             calibration = collectives.topology.gpu
         self.calibration = deepep_calibration(calibration) if isinstance(calibration, str) else calibration
         self.node_of = np.asarray(collectives.topology.node_of)[list(self.group)]
-        self.nvlink_bytes_per_s = load_gpu(collectives.topology.gpu).nvlink_bytes_per_s * collectives.efficiency
+        self.nvlink_bytes_per_s = _host_link_rate(collectives, self.group[0])
         """A GPU's NVLink port rate per direction as the collectives achieve it (bytes/s)."""
 
     def expected_tokens(self, tokens_per_gpu: ArrayLike, top_k: int, n_experts: int) -> EpTokens:

@@ -206,3 +206,17 @@ def test_predictions_match_measured_rows(system: str, gpu: str) -> None:
     worst = max(errors, key=lambda e: abs(e[1]))
     assert abs(worst[1]) <= TOLERANCE, f"{system}: {worst[0]} off by {100 * worst[1]:+.1f} %"
     assert np.median([abs(e) for _, e in errors]) <= 0.10, errors
+
+
+@pytest.mark.parametrize("coll_type", [SimpleCollectives, FlowCollectives])
+def test_low_latency_copy_limit_follows_the_topologys_nvlink(coll_type: type) -> None:
+    """The LL kernels' SM copy limit is a share of the NVLink rate the topology and the
+    collectives give, not of the GPU preset's: a host wired at half the preset's NVLink halves it."""
+    half = load_gpu("h100-sxm").nvlink_bytes_per_s / 2
+    spec = {"name": "half-nvlink", "gpu": "h100-sxm", "nodes": 1, "gpus_per_node": 8,
+            "intra_node": {"kind": "nvswitch", "bandwidth": half, "latency": 1e-6}}
+    coll = coll_type(Topology.from_spec(TopologySpec.model_validate(spec)), efficiency=0.6, per_message_latency_s=0.0)
+    ep = DeepEP(coll, tuple(range(8)), "h100-sxm")
+    assert ep.nvlink_bytes_per_s == pytest.approx(225e9 * 0.6, rel=1e-9)
+    ll = ep.protocol("combine", "low_latency", hidden=7168, top_k=8, n_experts=256)
+    assert ll.injection_bytes_per_s == pytest.approx(DEEPEP_CALIBRATION["h100-sxm"].ll_bw_fraction * 225e9 * 0.6)
