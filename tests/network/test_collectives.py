@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.config.topology import load_topology
 from moesim.network import CollectiveCost, SimpleCollectives, Topology
 from moesim.network.collectives import Protocol, Rails, double_binary_tree, hierarchical_legs, nccl_calibration
 
