@@ -108,10 +108,12 @@ class GradSync:
         """``[pp]`` ZeRO-1/2 parameter all-gather output per GPU per step, bytes."""
         self.bytes_per_step = (dense + expert) * grad_b + self.param_gather_bytes if opt.zero < 3 \
             else np.zeros(mesh.pp)
-        self.embed_stages = (int(plan.home_stage[0]), int(plan.home_stage[-1]))
+        self.embed_stages = (0, 0)
+        """The stages of ``embed_pair``'s two GPUs."""
         self.embed_sync_s = 0.0
         """Seconds of the embedding copy's gradient all-reduce (0 without a copy)."""
         if embed_pair is not None and embed_params > 0:
+            self.embed_stages = (mesh.locate(embed_pair[0])["stage"], mesh.locate(embed_pair[1])["stage"])
             self.embed_sync_s = float(coll.all_reduce_s(embed_pair, embed_params * grad_b))
             self.bytes_per_step[list(self.embed_stages)] += embed_params * grad_b
 
